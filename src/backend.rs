@@ -1,0 +1,85 @@
+//! Choosing the compute device: a wgpu adapter (Vulkan, Metal, DX12, WebGPU; lavapipe counts), or
+//! natively the pure-Rust CPU backend.
+
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// wgpu when an adapter exists, else the CPU backend.
+    Auto,
+    Wgpu,
+    Cpu,
+}
+
+impl FromStr for BackendChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "wgpu" | "gpu" => Ok(Self::Wgpu),
+            "cpu" | "flex" => Ok(Self::Cpu),
+            other => Err(Error::Invalid(format!(
+                "unknown backend `{other}` (auto, wgpu or cpu)"
+            ))),
+        }
+    }
+}
+
+/// A ready device and a one-line description of it.
+#[derive(Debug, Clone)]
+pub struct SelectedDevice {
+    pub device: Device,
+    pub description: String,
+}
+
+fn describe(setup: &burn::tensor::wgpu::WgpuSetup) -> String {
+    let info = setup.adapter.get_info();
+    format!("wgpu: {} ({:?})", info.name, info.backend)
+}
+
+/// Initialize wgpu asynchronously: the only way in a browser, and fine natively.
+pub async fn init_wgpu_async() -> Result<SelectedDevice> {
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map_err(|e| Error::Device(format!("no usable WebGPU/wgpu adapter: {e}")))?;
+    Ok(SelectedDevice {
+        description: describe(&setup),
+        device,
+    })
+}
+
+/// Native selection. `Auto` falls back to the CPU with a notice on stderr.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn select(choice: BackendChoice) -> Result<SelectedDevice> {
+    let cpu = || SelectedDevice {
+        device: Device::flex(),
+        description: format!(
+            "cpu (flex, {} threads)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+    };
+    match choice {
+        BackendChoice::Cpu => Ok(cpu()),
+        BackendChoice::Wgpu => {
+            let (device, setup) = Device::wgpu_options()
+                .init_with_setup()
+                .map_err(|e| Error::Device(format!("no usable wgpu adapter: {e}")))?;
+            Ok(SelectedDevice {
+                description: describe(&setup),
+                device,
+            })
+        }
+        BackendChoice::Auto => match select(BackendChoice::Wgpu) {
+            Ok(selected) => Ok(selected),
+            Err(e) => {
+                eprintln!("notice: {e}; falling back to the CPU backend");
+                Ok(cpu())
+            }
+        },
+    }
+}

@@ -1,0 +1,85 @@
+//! A model with its config and tokenizer, built from file contents (so the browser, which has
+//! bytes rather than paths, uses the same code as the CLI), and exported back to them.
+
+use burn::tensor::Device;
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::model::CausalLm;
+use crate::tokenizer::TextTokenizer;
+use crate::weights::{TensorWriter, WeightSource};
+
+/// Everything a Hugging Face model directory holds that we use.
+pub struct ModelBundle {
+    pub config: ModelConfig,
+    pub model: CausalLm,
+    pub tokenizer: TextTokenizer,
+}
+
+/// The text files of a model directory.
+pub struct ModelTexts {
+    /// Names the source in errors (a directory, a URL, "built-in demo").
+    pub label: String,
+    pub config_json: String,
+    pub tokenizer_json: String,
+    pub tokenizer_config_json: Option<String>,
+}
+
+impl ModelBundle {
+    pub fn load(texts: ModelTexts, weights: &dyn WeightSource, device: &Device) -> Result<Self> {
+        let config =
+            ModelConfig::from_json(&texts.config_json, &format!("{}/config.json", texts.label))?;
+        let tokenizer = TextTokenizer::from_json(
+            texts.tokenizer_json,
+            texts.tokenizer_config_json,
+            config.eos_token_id,
+            &format!("{}/tokenizer.json", texts.label),
+        )?;
+        let model = CausalLm::load(&config, weights, device)?;
+        Ok(Self {
+            config,
+            model,
+            tokenizer,
+        })
+    }
+}
+
+/// The files of a Hugging Face model directory, as bytes: `transformers` loads them with
+/// `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`.
+pub struct ExportedFiles {
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// Export `model` (its current weights) with `config` and `tokenizer` as Hugging Face files.
+/// Reads every weight back from the device asynchronously.
+pub async fn export_files(
+    model: &CausalLm,
+    config: &ModelConfig,
+    tokenizer: &TextTokenizer,
+) -> Result<ExportedFiles> {
+    let weights = export_weights(model).await?;
+    let mut files = vec![
+        (
+            "config.json".to_string(),
+            serde_json::to_vec_pretty(&config.raw).expect("JSON value serializes"),
+        ),
+        ("model.safetensors".to_string(), weights.to_bytes()?),
+        (
+            "tokenizer.json".to_string(),
+            tokenizer.json.clone().into_bytes(),
+        ),
+    ];
+    if let Some(tc) = &tokenizer.config_json {
+        files.push(("tokenizer_config.json".to_string(), tc.clone().into_bytes()));
+    }
+    Ok(ExportedFiles { files })
+}
+
+/// Every parameter, named and laid out as in Hugging Face checkpoints.
+pub async fn export_weights(model: &CausalLm) -> Result<TensorWriter> {
+    let mut writer = TensorWriter::default();
+    for param in model.named_params() {
+        writer.add(param.name.clone(), param.to_host().await?);
+    }
+    Ok(writer)
+}

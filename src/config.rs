@@ -1,0 +1,264 @@
+//! Model configs that mirror Hugging Face `config.json`.
+//!
+//! The raw JSON is kept next to the parsed fields so an exported model carries exactly the keys
+//! it was loaded with.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Location, Result};
+
+/// `GPT2Config` fields we use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "default_layer_norm_epsilon")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_gelu_new")]
+    pub activation_function: String,
+    #[serde(default = "default_true")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+}
+
+/// `LlamaConfig` fields we use (also covers Llama-shaped families such as SmolLM and TinyLlama).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    /// transformers < 5 writes `rope_theta` at the top level.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// transformers >= 5 writes `rope_parameters: {rope_theta, rope_type}`.
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeParameters>,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "default_silu")]
+    pub hidden_act: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default, alias = "type")]
+    pub rope_type: Option<String>,
+}
+
+impl LlamaConfig {
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|p| p.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10_000.0)
+    }
+
+    /// Rope scaling variants other than the plain one change the frequencies; refuse them
+    /// rather than silently computing different numbers than transformers.
+    fn rope_type(&self) -> Option<&str> {
+        [&self.rope_parameters, &self.rope_scaling]
+            .into_iter()
+            .flatten()
+            .find_map(|p| p.rope_type.as_deref())
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_layer_norm_epsilon() -> f64 {
+    1e-5
+}
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+fn default_gelu_new() -> String {
+    "gelu_new".into()
+}
+fn default_silu() -> String {
+    "silu".into()
+}
+fn default_max_positions() -> usize {
+    2048
+}
+
+/// Which architecture a `config.json` describes, with its parsed fields.
+#[derive(Debug, Clone)]
+pub enum Architecture {
+    Gpt2(Gpt2Config),
+    Llama(LlamaConfig),
+}
+
+/// A parsed `config.json` plus the raw JSON it came from.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub raw: Value,
+    pub eos_token_id: Option<u32>,
+    pub bos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    /// Parse `config.json` text; `source` names the file in error messages.
+    pub fn from_json(text: &str, source: &str) -> Result<Self> {
+        let loc = || Location::file(source);
+        let raw: Value = serde_json::from_str(text)
+            .map_err(|e| Error::input(loc().line(e.line()), format!("invalid JSON: {e}")))?;
+        let model_type = raw
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::input(loc().field("model_type"), "missing or not a string"))?
+            .to_string();
+        let parse_err = |e: serde_json::Error| {
+            // serde_json reports the missing/invalid field in its message.
+            Error::input(loc(), format!("{model_type} config: {e}"))
+        };
+        let architecture = match model_type.as_str() {
+            "gpt2" => Architecture::Gpt2(serde_json::from_value(raw.clone()).map_err(parse_err)?),
+            "llama" => {
+                let cfg: LlamaConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                if let Some(t) = cfg.rope_type() {
+                    if t != "default" {
+                        return Err(Error::input(
+                            loc().field("rope_parameters.rope_type"),
+                            format!("rope type `{t}` is not supported yet (only `default`)"),
+                        ));
+                    }
+                }
+                if cfg.hidden_act != "silu" {
+                    return Err(Error::input(
+                        loc().field("hidden_act"),
+                        format!("`{}` is not supported (only `silu`)", cfg.hidden_act),
+                    ));
+                }
+                Architecture::Llama(cfg)
+            }
+            other => {
+                return Err(Error::input(
+                    loc().field("model_type"),
+                    format!("unsupported model type `{other}` (supported: gpt2, llama)"),
+                ));
+            }
+        };
+        if let Architecture::Gpt2(cfg) = &architecture {
+            if !matches!(
+                cfg.activation_function.as_str(),
+                "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast"
+            ) {
+                return Err(Error::input(
+                    loc().field("activation_function"),
+                    format!(
+                        "`{}` is not supported (only the tanh GELU: gelu_new)",
+                        cfg.activation_function
+                    ),
+                ));
+            }
+        }
+        let token_id = |key: &str| {
+            raw.get(key).and_then(|v| match v {
+                Value::Number(n) => n.as_u64().map(|n| n as u32),
+                // Some configs list several EOS ids; the first is the one appended to text.
+                Value::Array(a) => a.first().and_then(Value::as_u64).map(|n| n as u32),
+                _ => None,
+            })
+        };
+        Ok(Self {
+            eos_token_id: token_id("eos_token_id"),
+            bos_token_id: token_id("bos_token_id"),
+            pad_token_id: token_id("pad_token_id"),
+            architecture,
+            raw,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.architecture {
+            Architecture::Gpt2(c) => c.vocab_size,
+            Architecture::Llama(c) => c.vocab_size,
+        }
+    }
+
+    pub fn max_positions(&self) -> Option<usize> {
+        match &self.architecture {
+            // GPT-2 has a learned position table: longer inputs are impossible.
+            Architecture::Gpt2(c) => Some(c.n_positions),
+            Architecture::Llama(_) => None,
+        }
+    }
+
+    pub fn family(&self) -> &'static str {
+        match &self.architecture {
+            Architecture::Gpt2(_) => "gpt2",
+            Architecture::Llama(_) => "llama",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_rope_theta_from_either_place() {
+        let v4 = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"rope_theta":500000.0}"#;
+        let v5 = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,
+            "rope_parameters":{"rope_theta":100000.0,"rope_type":"default"}}"#;
+        for (text, theta) in [(v4, 500000.0), (v5, 100000.0)] {
+            let cfg = ModelConfig::from_json(text, "config.json").unwrap();
+            let Architecture::Llama(l) = cfg.architecture else {
+                panic!()
+            };
+            assert_eq!(l.rope_theta(), theta);
+        }
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let err = ModelConfig::from_json(r#"{"model_type":"bert"}"#, "m/config.json").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("m/config.json"), "{text}");
+        assert!(text.contains("model_type"), "{text}");
+        let err = ModelConfig::from_json(r#"{"model_type":"gpt2"}"#, "x.json").unwrap_err();
+        assert!(err.to_string().contains("vocab_size"), "{err}");
+    }
+}

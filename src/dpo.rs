@@ -1,0 +1,218 @@
+//! The DPO objective and TRL's metrics.
+//!
+//! r(y) = β·(log π(y|x) − log π_ref(y|x)); loss = −log σ(r(y_w) − r(y_l)), averaged over pairs.
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::log_sigmoid;
+use serde::{Deserialize, Serialize};
+
+use crate::model::RowScores;
+
+/// Device-side results of one batch: the loss to differentiate and a small vector of statistics
+/// read back once per step.
+pub struct DpoOutput {
+    /// Mean loss over the batch's pairs, shape `[1]`.
+    pub loss: Tensor<1>,
+    /// `[STATS]`: see `Stat`.
+    pub stats: Tensor<1>,
+}
+
+/// Positions in `DpoOutput::stats`.
+#[derive(Clone, Copy)]
+#[repr(usize)]
+enum Stat {
+    Loss,
+    RewardChosen,
+    RewardRejected,
+    Accuracy,
+    Margin,
+    LogpChosen,
+    LogpRejected,
+    MeanLogitSumChosen,
+    MeanLogitSumRejected,
+}
+const STATS: usize = 9;
+
+/// Rows `0..pairs` of `policy` are chosen completions, rows `pairs..2*pairs` rejected ones.
+pub fn dpo_loss(
+    policy: RowScores,
+    ref_chosen: Tensor<1>,
+    ref_rejected: Tensor<1>,
+    pairs: usize,
+    beta: f64,
+) -> DpoOutput {
+    let chosen = policy.logps.clone().narrow(0, 0, pairs);
+    let rejected = policy.logps.narrow(0, pairs, pairs);
+    let chosen_rewards = (chosen.clone() - ref_chosen).mul_scalar(beta);
+    let rejected_rewards = (rejected.clone() - ref_rejected).mul_scalar(beta);
+    let margins = chosen_rewards.clone() - rejected_rewards.clone();
+    let loss = log_sigmoid(margins.clone()).neg().mean();
+
+    let detached = |t: Tensor<1>| t.detach();
+    let accuracy = chosen_rewards
+        .clone()
+        .detach()
+        .greater(rejected_rewards.clone().detach())
+        .float()
+        .mean();
+    let mean_logits = policy.mean_logit_sums.detach();
+    let mut stats = vec![Tensor::<1>::zeros([1], &loss.device()); STATS];
+    stats[Stat::Loss as usize] = loss.clone().detach();
+    stats[Stat::RewardChosen as usize] = detached(chosen_rewards).mean();
+    stats[Stat::RewardRejected as usize] = detached(rejected_rewards).mean();
+    stats[Stat::Accuracy as usize] = accuracy;
+    stats[Stat::Margin as usize] = detached(margins).mean();
+    stats[Stat::LogpChosen as usize] = detached(chosen).mean();
+    stats[Stat::LogpRejected as usize] = detached(rejected).mean();
+    stats[Stat::MeanLogitSumChosen as usize] = mean_logits.clone().narrow(0, 0, pairs).sum();
+    stats[Stat::MeanLogitSumRejected as usize] = mean_logits.narrow(0, pairs, pairs).sum();
+    DpoOutput {
+        loss,
+        stats: Tensor::cat(stats, 0),
+    }
+}
+
+/// TRL's DPO metrics for one batch (or an aggregate), under TRL's names when serialized.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DpoMetrics {
+    pub loss: f64,
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+    #[serde(rename = "logits/chosen")]
+    pub logits_chosen: f64,
+    #[serde(rename = "logits/rejected")]
+    pub logits_rejected: f64,
+}
+
+impl DpoMetrics {
+    /// From the `stats` read back, and the batch's completion token counts (known on the host).
+    pub fn from_stats(stats: &[f32], chosen_tokens: usize, rejected_tokens: usize) -> Self {
+        let s = |k: Stat| stats[k as usize] as f64;
+        let per_token = |sum: f64, n: usize| if n > 0 { sum / n as f64 } else { 0.0 };
+        Self {
+            loss: s(Stat::Loss),
+            rewards_chosen: s(Stat::RewardChosen),
+            rewards_rejected: s(Stat::RewardRejected),
+            rewards_accuracies: s(Stat::Accuracy),
+            rewards_margins: s(Stat::Margin),
+            logps_chosen: s(Stat::LogpChosen),
+            logps_rejected: s(Stat::LogpRejected),
+            logits_chosen: per_token(s(Stat::MeanLogitSumChosen), chosen_tokens),
+            logits_rejected: per_token(s(Stat::MeanLogitSumRejected), rejected_tokens),
+        }
+    }
+
+    fn fields(&self) -> [f64; 9] {
+        [
+            self.loss,
+            self.rewards_chosen,
+            self.rewards_rejected,
+            self.rewards_accuracies,
+            self.rewards_margins,
+            self.logps_chosen,
+            self.logps_rejected,
+            self.logits_chosen,
+            self.logits_rejected,
+        ]
+    }
+
+    fn from_fields(f: [f64; 9]) -> Self {
+        Self {
+            loss: f[0],
+            rewards_chosen: f[1],
+            rewards_rejected: f[2],
+            rewards_accuracies: f[3],
+            rewards_margins: f[4],
+            logps_chosen: f[5],
+            logps_rejected: f[6],
+            logits_chosen: f[7],
+            logits_rejected: f[8],
+        }
+    }
+}
+
+/// Aggregates per-batch metrics the way TRL reports an evaluation: the loss is the mean over
+/// pairs (the Trainer weights each batch's mean loss by its size), every other metric is the
+/// plain mean of the per-batch values (`DPOTrainer.log` averages its per-batch lists).
+#[derive(Debug, Default, Clone)]
+pub struct MetricsAccumulator {
+    sums: [f64; 9],
+    batches: usize,
+    weighted_loss: f64,
+    pairs: usize,
+}
+
+impl MetricsAccumulator {
+    pub fn add(&mut self, batch: &DpoMetrics, pairs: usize) {
+        for (sum, v) in self.sums.iter_mut().zip(batch.fields()) {
+            *sum += v;
+        }
+        self.batches += 1;
+        self.weighted_loss += batch.loss * pairs as f64;
+        self.pairs += pairs;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches == 0
+    }
+
+    pub fn mean(&self) -> DpoMetrics {
+        let n = self.batches.max(1) as f64;
+        let mut m = DpoMetrics::from_fields(self.sums.map(|s| s / n));
+        m.loss = self.weighted_loss / self.pairs.max(1) as f64;
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregation_follows_trl() {
+        let mut acc = MetricsAccumulator::default();
+        let a = DpoMetrics {
+            loss: 1.0,
+            rewards_accuracies: 1.0,
+            ..Default::default()
+        };
+        let b = DpoMetrics {
+            loss: 4.0,
+            rewards_accuracies: 0.0,
+            ..Default::default()
+        };
+        acc.add(&a, 3);
+        acc.add(&b, 1);
+        let m = acc.mean();
+        assert!((m.loss - (3.0 + 4.0) / 4.0).abs() < 1e-12);
+        assert!((m.rewards_accuracies - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn serializes_with_trl_names() {
+        let json = serde_json::to_value(DpoMetrics::default()).unwrap();
+        for key in [
+            "loss",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/accuracies",
+            "rewards/margins",
+            "logps/chosen",
+            "logps/rejected",
+            "logits/chosen",
+            "logits/rejected",
+        ] {
+            assert!(json.get(key).is_some(), "{key}");
+        }
+    }
+}

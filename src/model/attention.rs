@@ -1,0 +1,95 @@
+//! Pieces shared by the transformer families: masks, scaled dot-product attention, GELU.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+/// Fill value for masked attention scores: exp() of it underflows to exactly 0 after the softmax
+/// max-subtraction, and unlike -inf it never turns a fully masked row into NaN.
+const MASKED_SCORE: f32 = -1e9;
+
+/// Boolean mask `[batch, 1, seq, seq]`, `true` where a query must not see a key: keys in the
+/// future, and padding keys. Padding never changes a real token's value this way, whichever side
+/// it is on.
+pub fn attention_mask(padding: &PaddingMask, device: &Device) -> Tensor<4, Bool> {
+    let [batch, seq] = [padding.batch, padding.seq_len];
+    let causal = Tensor::<2, Bool>::tril_mask([seq, seq], 0, device)
+        .unsqueeze_dims::<4>(&[0, 1])
+        .expand([batch, 1, seq, seq]);
+    if padding.all_real() {
+        return causal;
+    }
+    let pad_keys = Tensor::<2, Bool>::from_data(
+        TensorData::new(padding.is_pad.clone(), [batch, seq]),
+        device,
+    )
+    .unsqueeze_dims::<4>(&[1, 2])
+    .expand([batch, 1, seq, seq]);
+    causal.bool_or(pad_keys)
+}
+
+/// Which positions of a `[batch, seq]` token grid are padding (host-side; built by the collator).
+#[derive(Debug, Clone)]
+pub struct PaddingMask {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub is_pad: Vec<bool>,
+}
+
+impl PaddingMask {
+    pub fn none(batch: usize, seq_len: usize) -> Self {
+        Self {
+            batch,
+            seq_len,
+            is_pad: vec![false; batch * seq_len],
+        }
+    }
+
+    fn all_real(&self) -> bool {
+        !self.is_pad.iter().any(|&p| p)
+    }
+}
+
+/// softmax(q·kᵀ·scale + mask)·v for `[batch, heads, seq, head_dim]` inputs.
+pub fn scaled_dot_product(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: &Tensor<4, Bool>,
+    scale: f64,
+) -> Tensor<4> {
+    let [batch, heads, seq, _] = q.dims();
+    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+    let scores = scores.mask_fill(mask.clone().expand([batch, heads, seq, seq]), MASKED_SCORE);
+    softmax(scores, 3).matmul(v)
+}
+
+/// `[batch, seq, heads*head_dim]` -> `[batch, heads, seq, head_dim]`
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [batch, seq, width] = x.dims();
+    x.reshape([batch, seq, heads, width / heads])
+        .swap_dims(1, 2)
+}
+
+/// `[batch, heads, seq, head_dim]` -> `[batch, seq, heads*head_dim]`
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [batch, heads, seq, head_dim] = x.dims();
+    x.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
+}
+
+/// GELU with the tanh approximation (`gelu_new` in transformers).
+///
+/// The tanh argument is clamped: tanh(±10) is ±1 in f32 already, and WebGPU on SwiftShader
+/// returns NaN for tanh of large arguments. The cube is a product, not `powf`, which is NaN for
+/// negative bases on some GPU backends.
+pub fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube.mul_scalar(0.044715)).mul_scalar(SQRT_2_OVER_PI);
+    let tanh = inner.clamp(-10.0, 10.0).tanh();
+    (x * (tanh + 1.0)).mul_scalar(0.5)
+}
+
+/// Token ids `[batch, seq]` as an Int tensor.
+pub fn token_tensor(ids: &[i32], batch: usize, seq: usize, device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(ids.to_vec(), [batch, seq]), device)
+}

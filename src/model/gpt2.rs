@@ -1,0 +1,205 @@
+//! GPT-2 (`GPT2LMHeadModel`): learned positions, pre-LayerNorm blocks, tanh-GELU MLP, tied lm_head.
+//!
+//! Hugging Face's GPT-2 uses `Conv1D` layers whose weights are already `[in, out]`, the layout
+//! burn's `Linear` wants, so they load without a transpose.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::{Bool, Device, Int, Tensor};
+
+use super::attention::{gelu_tanh, merge_heads, scaled_dot_product, split_heads};
+use super::{NamedParam, ParamRole};
+use crate::config::Gpt2Config;
+use crate::error::Result;
+use crate::weights::WeightSource;
+
+#[derive(Module, Debug)]
+pub struct Gpt2 {
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    #[module(skip)]
+    config: Gpt2Config,
+    /// Name prefix found in the checkpoint (`transformer.` for GPT2LMHeadModel, empty for the
+    /// original OpenAI export); kept so an export uses the same names.
+    #[module(skip)]
+    prefix: String,
+}
+
+#[derive(Module, Debug)]
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Linear,
+    attn_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    mlp_proj: Linear,
+}
+
+impl Gpt2 {
+    pub fn load(config: &Gpt2Config, src: &dyn WeightSource, device: &Device) -> Result<Self> {
+        let prefix = if src.contains("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
+        let d = config.n_embd;
+        let inner = config.n_inner.unwrap_or(4 * d);
+        let eps = config.layer_norm_epsilon;
+        let name = |n: &str| format!("{prefix}{n}");
+        let embedding = |n: &str, rows: usize| -> Result<Embedding> {
+            Ok(Embedding {
+                weight: src.read_shaped(&name(n), &[rows, d])?.into_param(device),
+            })
+        };
+        let layer_norm = |n: &str| -> Result<LayerNorm> {
+            let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
+            ln.gamma = src
+                .read_shaped(&name(&format!("{n}.weight")), &[d])?
+                .into_param(device);
+            ln.beta = Some(
+                src.read_shaped(&name(&format!("{n}.bias")), &[d])?
+                    .into_param(device),
+            );
+            Ok(ln)
+        };
+        let conv1d = |n: &str, d_in: usize, d_out: usize| -> Result<Linear> {
+            Ok(Linear {
+                weight: src
+                    .read_shaped(&name(&format!("{n}.weight")), &[d_in, d_out])?
+                    .into_param(device),
+                bias: Some(
+                    src.read_shaped(&name(&format!("{n}.bias")), &[d_out])?
+                        .into_param(device),
+                ),
+            })
+        };
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let h = format!("h.{i}");
+            blocks.push(Block {
+                ln_1: layer_norm(&format!("{h}.ln_1"))?,
+                c_attn: conv1d(&format!("{h}.attn.c_attn"), d, 3 * d)?,
+                attn_proj: conv1d(&format!("{h}.attn.c_proj"), d, d)?,
+                ln_2: layer_norm(&format!("{h}.ln_2"))?,
+                c_fc: conv1d(&format!("{h}.mlp.c_fc"), d, inner)?,
+                mlp_proj: conv1d(&format!("{h}.mlp.c_proj"), inner, d)?,
+            });
+        }
+        Ok(Self {
+            wte: embedding("wte.weight", config.vocab_size)?,
+            wpe: embedding("wpe.weight", config.n_positions)?,
+            blocks,
+            ln_f: layer_norm("ln_f")?,
+            config: config.clone(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn hidden_states(&self, input_ids: Tensor<2, Int>, mask: &Tensor<4, Bool>) -> Tensor<3> {
+        let [batch, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
+            .unsqueeze::<2>()
+            .expand([batch, seq]);
+        let mut x = self.wte.forward(input_ids) + self.wpe.forward(positions);
+        let heads = self.config.n_head;
+        let head_dim = self.config.n_embd / heads;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let mut scale = if self.config.scale_attn_weights {
+                1.0 / (head_dim as f64).sqrt()
+            } else {
+                1.0
+            };
+            if self.config.scale_attn_by_inverse_layer_idx {
+                scale /= (layer + 1) as f64;
+            }
+            let qkv = block.c_attn.forward(block.ln_1.forward(x.clone()));
+            let [q, k, v]: [Tensor<3>; 3] = qkv
+                .chunk(3, 2)
+                .try_into()
+                .expect("c_attn output splits in three");
+            let attn = scaled_dot_product(
+                split_heads(q, heads),
+                split_heads(k, heads),
+                split_heads(v, heads),
+                mask,
+                scale,
+            );
+            x = x + block.attn_proj.forward(merge_heads(attn));
+            let mlp = block
+                .mlp_proj
+                .forward(gelu_tanh(block.c_fc.forward(block.ln_2.forward(x.clone()))));
+            x = x + mlp;
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// `[vocab, d_model]`: GPT-2 always ties the output projection to the token embedding.
+    pub fn lm_head(&self) -> Tensor<2> {
+        self.wte.weight.val()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.config.n_positions
+    }
+
+    /// Every parameter with its Hugging Face name and layout.
+    pub fn named_params(&self) -> Vec<NamedParam> {
+        let p = &self.prefix;
+        let mut out = vec![
+            NamedParam::matrix(
+                format!("{p}wte.weight"),
+                &self.wte.weight,
+                ParamRole::Embedding,
+            ),
+            NamedParam::matrix(
+                format!("{p}wpe.weight"),
+                &self.wpe.weight,
+                ParamRole::Embedding,
+            ),
+        ];
+        let ln = |out: &mut Vec<NamedParam>, n: String, ln: &LayerNorm| {
+            out.push(NamedParam::vector(
+                format!("{n}.weight"),
+                &ln.gamma,
+                ParamRole::Norm,
+            ));
+            let beta = ln.beta.as_ref().expect("GPT-2 LayerNorms have a bias");
+            out.push(NamedParam::vector(
+                format!("{n}.bias"),
+                beta,
+                ParamRole::Bias,
+            ));
+        };
+        let conv = |out: &mut Vec<NamedParam>, n: String, l: &Linear| {
+            out.push(NamedParam::matrix(
+                format!("{n}.weight"),
+                &l.weight,
+                ParamRole::Weight,
+            ));
+            let bias: &Param<Tensor<1>> = l.bias.as_ref().expect("GPT-2 Conv1D has a bias");
+            out.push(NamedParam::vector(
+                format!("{n}.bias"),
+                bias,
+                ParamRole::Bias,
+            ));
+        };
+        for (i, b) in self.blocks.iter().enumerate() {
+            let h = format!("{p}h.{i}");
+            ln(&mut out, format!("{h}.ln_1"), &b.ln_1);
+            conv(&mut out, format!("{h}.attn.c_attn"), &b.c_attn);
+            conv(&mut out, format!("{h}.attn.c_proj"), &b.attn_proj);
+            ln(&mut out, format!("{h}.ln_2"), &b.ln_2);
+            conv(&mut out, format!("{h}.mlp.c_fc"), &b.c_fc);
+            conv(&mut out, format!("{h}.mlp.c_proj"), &b.mlp_proj);
+        }
+        ln(&mut out, format!("{p}ln_f"), &self.ln_f);
+        out
+    }
+}

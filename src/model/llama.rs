@@ -1,0 +1,238 @@
+//! Llama (`LlamaForCausalLM`): RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention,
+//! tied or untied lm_head. SmolLM/SmolLM2 and TinyLlama are this architecture.
+//!
+//! Hugging Face stores `nn.Linear` weights as `[out, in]`; burn's `Linear` wants `[in, out]`, so
+//! projections are transposed on load and back on export.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::activation::silu;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::attention::{merge_heads, scaled_dot_product, split_heads};
+use super::{NamedParam, ParamRole};
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::weights::WeightSource;
+
+#[derive(Module, Debug)]
+pub struct Llama {
+    embed_tokens: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    /// `[vocab, hidden]` like Hugging Face; `None` when tied to `embed_tokens`.
+    lm_head: Option<Param<Tensor<2>>>,
+    #[module(skip)]
+    config: LlamaConfig,
+}
+
+#[derive(Module, Debug)]
+struct Layer {
+    input_layernorm: RmsNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_layernorm: RmsNorm,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Llama {
+    pub fn load(config: &LlamaConfig, src: &dyn WeightSource, device: &Device) -> Result<Self> {
+        let hidden = config.hidden_size;
+        let q_width = config.num_attention_heads * config.head_dim();
+        let kv_width = config.num_kv_heads() * config.head_dim();
+        let rms = |n: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                gamma: src.read_shaped(n, &[hidden])?.into_param(device),
+                epsilon: config.rms_norm_eps,
+            })
+        };
+        let linear = |n: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear> {
+            let weight = src.read_shaped(&format!("{n}.weight"), &[d_out, d_in])?;
+            let bias = if bias {
+                Some(
+                    src.read_shaped(&format!("{n}.bias"), &[d_out])?
+                        .into_param(device),
+                )
+            } else {
+                None
+            };
+            Ok(Linear {
+                weight: weight.transposed().into_param(device),
+                bias,
+            })
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let l = format!("model.layers.{i}");
+            let (ab, mb) = (config.attention_bias, config.mlp_bias);
+            let inter = config.intermediate_size;
+            layers.push(Layer {
+                input_layernorm: rms(&format!("{l}.input_layernorm.weight"))?,
+                q_proj: linear(&format!("{l}.self_attn.q_proj"), hidden, q_width, ab)?,
+                k_proj: linear(&format!("{l}.self_attn.k_proj"), hidden, kv_width, ab)?,
+                v_proj: linear(&format!("{l}.self_attn.v_proj"), hidden, kv_width, ab)?,
+                o_proj: linear(&format!("{l}.self_attn.o_proj"), q_width, hidden, ab)?,
+                post_attention_layernorm: rms(&format!("{l}.post_attention_layernorm.weight"))?,
+                gate_proj: linear(&format!("{l}.mlp.gate_proj"), hidden, inter, mb)?,
+                up_proj: linear(&format!("{l}.mlp.up_proj"), hidden, inter, mb)?,
+                down_proj: linear(&format!("{l}.mlp.down_proj"), inter, hidden, mb)?,
+            });
+        }
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(
+                src.read_shaped("lm_head.weight", &[config.vocab_size, hidden])?
+                    .into_param(device),
+            )
+        };
+        Ok(Self {
+            embed_tokens: Embedding {
+                weight: src
+                    .read_shaped("model.embed_tokens.weight", &[config.vocab_size, hidden])?
+                    .into_param(device),
+            },
+            layers,
+            norm: rms("model.norm.weight")?,
+            lm_head,
+            config: config.clone(),
+        })
+    }
+
+    pub fn hidden_states(&self, input_ids: Tensor<2, Int>, mask: &Tensor<4, Bool>) -> Tensor<3> {
+        let [_, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let heads = self.config.num_attention_heads;
+        let kv_heads = self.config.num_kv_heads();
+        let head_dim = self.config.head_dim();
+        let (cos, sin) = rotary_tables(seq, head_dim, self.config.rope_theta(), &device);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let mut x = self.embed_tokens.forward(input_ids);
+        for layer in &self.layers {
+            let h = layer.input_layernorm.forward(x.clone());
+            let q = split_heads(layer.q_proj.forward(h.clone()), heads);
+            let k = split_heads(layer.k_proj.forward(h.clone()), kv_heads);
+            let v = split_heads(layer.v_proj.forward(h), kv_heads);
+            let q = apply_rotary(q, &cos, &sin);
+            let k = apply_rotary(k, &cos, &sin);
+            let k = repeat_kv(k, heads / kv_heads);
+            let v = repeat_kv(v, heads / kv_heads);
+            let attn = scaled_dot_product(q, k, v, mask, scale);
+            x = x + layer.o_proj.forward(merge_heads(attn));
+            let h = layer.post_attention_layernorm.forward(x.clone());
+            let gated = silu(layer.gate_proj.forward(h.clone())) * layer.up_proj.forward(h);
+            x = x + layer.down_proj.forward(gated);
+        }
+        self.norm.forward(x)
+    }
+
+    /// `[vocab, hidden]`
+    pub fn lm_head(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.embed_tokens.weight.val(),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    pub fn named_params(&self) -> Vec<NamedParam> {
+        let mut out = vec![NamedParam::matrix(
+            "model.embed_tokens.weight",
+            &self.embed_tokens.weight,
+            ParamRole::Embedding,
+        )];
+        let linear = |out: &mut Vec<NamedParam>, n: String, l: &Linear| {
+            out.push(NamedParam::linear(format!("{n}.weight"), &l.weight));
+            if let Some(b) = &l.bias {
+                out.push(NamedParam::vector(format!("{n}.bias"), b, ParamRole::Bias));
+            }
+        };
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push(NamedParam::vector(
+                format!("{p}.input_layernorm.weight"),
+                &l.input_layernorm.gamma,
+                ParamRole::Norm,
+            ));
+            linear(&mut out, format!("{p}.self_attn.q_proj"), &l.q_proj);
+            linear(&mut out, format!("{p}.self_attn.k_proj"), &l.k_proj);
+            linear(&mut out, format!("{p}.self_attn.v_proj"), &l.v_proj);
+            linear(&mut out, format!("{p}.self_attn.o_proj"), &l.o_proj);
+            out.push(NamedParam::vector(
+                format!("{p}.post_attention_layernorm.weight"),
+                &l.post_attention_layernorm.gamma,
+                ParamRole::Norm,
+            ));
+            linear(&mut out, format!("{p}.mlp.gate_proj"), &l.gate_proj);
+            linear(&mut out, format!("{p}.mlp.up_proj"), &l.up_proj);
+            linear(&mut out, format!("{p}.mlp.down_proj"), &l.down_proj);
+        }
+        out.push(NamedParam::vector(
+            "model.norm.weight",
+            &self.norm.gamma,
+            ParamRole::Norm,
+        ));
+        if let Some(w) = &self.lm_head {
+            out.push(NamedParam::matrix("lm_head.weight", w, ParamRole::Weight));
+        }
+        out
+    }
+}
+
+/// cos/sin tables `[1, 1, seq, head_dim]` in Hugging Face's "rotate half" layout: the frequency
+/// vector is repeated, `cat(freqs, freqs)`. Computed in f64 on the host, like transformers does
+/// in f32 from an exact `inv_freq`.
+fn rotary_tables(
+    seq: usize,
+    head_dim: usize,
+    theta: f64,
+    device: &Device,
+) -> (Tensor<4>, Tensor<4>) {
+    let half = head_dim / 2;
+    // transformers: inv_freq = 1 / theta^(arange(0, dim, 2) / dim), computed in float32.
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(seq * head_dim);
+    let mut sin = Vec::with_capacity(seq * head_dim);
+    for pos in 0..seq {
+        for j in 0..head_dim {
+            let angle = pos as f32 * inv_freq[j % half];
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let table = |v: Vec<f32>| {
+        Tensor::<2>::from_data(TensorData::new(v, [seq, head_dim]), device).unsqueeze::<4>()
+    };
+    (table(cos), table(sin))
+}
+
+/// q·cos + rotate_half(q)·sin, with rotate_half(x) = cat(-x₂, x₁).
+fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let [_, _, _, head_dim] = x.dims();
+    let half = head_dim / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// `[batch, kv_heads, seq, d]` -> `[batch, kv_heads*n_rep, seq, d]`, each kv head repeated for the
+/// query heads that share it (kv head i serves query heads i*n_rep..(i+1)*n_rep).
+fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [batch, kv_heads, seq, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([batch, kv_heads, n_rep, seq, d])
+        .reshape([batch, kv_heads * n_rep, seq, d])
+}

@@ -1,0 +1,197 @@
+//! Optimizers, learning-rate schedules and gradient clipping, with Hugging Face Trainer semantics.
+
+use std::str::FromStr;
+
+use burn::module::{ParamGroup, ParamId};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::model::{NamedParam, ParamRole, ParamTensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// torch.optim.AdamW defaults: betas (0.9, 0.999), eps 1e-8.
+    AdamW,
+    /// Plain SGD (no momentum), as the Trainer's `optim="sgd"`.
+    Sgd,
+}
+
+impl FromStr for OptimizerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "adamw" => Ok(Self::AdamW),
+            "sgd" => Ok(Self::Sgd),
+            other => Err(Error::Invalid(format!(
+                "unknown optimizer `{other}` (adamw or sgd)"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    /// Linear decay to 0 after warmup (the Trainer's default).
+    Linear,
+    Cosine,
+}
+
+impl FromStr for LrSchedule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "constant" => Ok(Self::Constant),
+            "linear" => Ok(Self::Linear),
+            "cosine" => Ok(Self::Cosine),
+            other => Err(Error::Invalid(format!(
+                "unknown lr schedule `{other}` (constant, linear or cosine)"
+            ))),
+        }
+    }
+}
+
+impl LrSchedule {
+    /// Learning rate for the optimizer step `step` (0-based) of `total`, as transformers'
+    /// `get_*_schedule_with_warmup` lambdas give it.
+    pub fn lr_at(self, base: f64, step: usize, total: usize, warmup: usize) -> f64 {
+        if step < warmup {
+            return base * step as f64 / warmup.max(1) as f64;
+        }
+        let progress = (step - warmup) as f64 / total.saturating_sub(warmup).max(1) as f64;
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::Linear => base * (1.0 - progress).max(0.0),
+            LrSchedule::Cosine => {
+                base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()).max(0.0)
+            }
+        }
+    }
+}
+
+/// Rank and role of a parameter, recorded once: ids survive optimizer steps.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamInfo {
+    pub id: ParamId,
+    pub rank: usize,
+    pub role: ParamRole,
+}
+
+pub fn param_infos(params: &[NamedParam]) -> Vec<ParamInfo> {
+    params
+        .iter()
+        .map(|p| ParamInfo {
+            id: p.id,
+            rank: match p.tensor {
+                ParamTensor::Vector(_) => 1,
+                ParamTensor::Matrix { .. } => 2,
+            },
+            role: p.role,
+        })
+        .collect()
+}
+
+/// Build the optimizer. Weight decay skips biases and normalization weights, as the Hugging Face
+/// Trainer does (`get_decay_parameter_names`).
+pub fn build_optimizer(
+    kind: OptimizerKind,
+    weight_decay: f64,
+    params: &[ParamInfo],
+) -> ModuleOptimizer {
+    let no_decay = ParamGroup::from_ids(
+        params
+            .iter()
+            .filter(|p| !p.role.decays())
+            .map(|p| p.id)
+            .collect(),
+    );
+    match kind {
+        OptimizerKind::AdamW => {
+            let config = |wd: f64| {
+                AdamWConfig::new()
+                    .with_beta_1(0.9)
+                    .with_beta_2(0.999)
+                    .with_epsilon(1e-8)
+                    .with_weight_decay(wd as f32)
+            };
+            config(weight_decay)
+                .init()
+                .with_group(no_decay, config(0.0).build(), None)
+        }
+        OptimizerKind::Sgd => {
+            // torch SGD's weight_decay adds wd·θ to the gradient: burn's WeightDecay does the same.
+            let config = |wd: f64| {
+                SgdConfig::new()
+                    .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd as f32)))
+            };
+            config(weight_decay)
+                .init()
+                .with_group(no_decay, config(0.0).build(), None)
+        }
+    }
+}
+
+/// Clip gradients by their global L2 norm like `torch.nn.utils.clip_grad_norm_` (burn's own
+/// clipping is per tensor). Returns the norm before clipping, on the device. `max_norm <= 0` only
+/// measures.
+pub fn clip_grad_norm(
+    params: &[ParamInfo],
+    grads: &mut GradientsParams,
+    max_norm: f64,
+    device: &Device,
+) -> Tensor<1> {
+    let squares: Vec<Tensor<1>> = params
+        .iter()
+        .filter_map(|p| match p.rank {
+            1 => grads.get::<1>(p.id).map(|g| g.square().sum()),
+            2 => grads.get::<2>(p.id).map(|g| g.square().sum()),
+            _ => unreachable!("parameters are vectors or matrices"),
+        })
+        .collect();
+    if squares.is_empty() {
+        return Tensor::zeros([1], device);
+    }
+    let norm = Tensor::cat(squares, 0).sum().sqrt();
+    if max_norm > 0.0 {
+        let coef = (norm.clone().add_scalar(1e-6).recip() * max_norm).clamp_max(1.0);
+        for p in params {
+            match p.rank {
+                1 => {
+                    if let Some(g) = grads.remove::<1>(p.id) {
+                        grads.register(p.id, g * coef.clone());
+                    }
+                }
+                _ => {
+                    if let Some(g) = grads.remove::<2>(p.id) {
+                        grads.register(p.id, g * coef.clone().unsqueeze::<2>());
+                    }
+                }
+            }
+        }
+    }
+    norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_match_transformers() {
+        // get_linear_schedule_with_warmup(total=10, warmup=2)
+        let lin = |s| LrSchedule::Linear.lr_at(1.0, s, 10, 2);
+        assert_eq!(lin(0), 0.0);
+        assert_eq!(lin(1), 0.5);
+        assert_eq!(lin(2), 1.0);
+        assert!((lin(6) - 0.5).abs() < 1e-12);
+        assert_eq!(LrSchedule::Linear.lr_at(1.0, 0, 4, 0), 1.0);
+        assert_eq!(LrSchedule::Linear.lr_at(1.0, 3, 4, 0), 0.25);
+        assert_eq!(LrSchedule::Constant.lr_at(0.1, 7, 10, 0), 0.1);
+        assert!((LrSchedule::Cosine.lr_at(1.0, 5, 10, 0) - 0.5).abs() < 1e-12);
+    }
+}

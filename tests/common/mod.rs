@@ -1,0 +1,57 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use burn::tensor::Device;
+use dpo_wgpu::backend::{BackendChoice, select};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn cpu() -> Device {
+    select(BackendChoice::Cpu).unwrap().device
+}
+
+/// The wgpu device, initialized once per test binary (a runtime cannot be initialized twice).
+/// `None` when the machine has no adapter, unless `DPO_REQUIRE_WGPU=1` (CI) makes that a failure.
+pub fn wgpu() -> Option<Device> {
+    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| match select(BackendChoice::Wgpu) {
+            Ok(selected) => {
+                eprintln!("{}", selected.description);
+                Some(selected.device)
+            }
+            Err(e) => {
+                if std::env::var("DPO_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+                    panic!("DPO_REQUIRE_WGPU=1 but {e}");
+                }
+                eprintln!("skipping wgpu: {e}");
+                None
+            }
+        })
+        .clone()
+}
+
+/// Every device to check numbers on: the CPU backend, and wgpu when present.
+pub fn devices() -> Vec<(&'static str, Device)> {
+    let mut out = vec![("cpu", cpu())];
+    if let Some(d) = wgpu() {
+        out.push(("wgpu", d));
+    }
+    out
+}
+
+/// `|actual - expected| <= rel * |expected| + abs`, with a message naming what differs.
+#[track_caller]
+pub fn assert_close(what: &str, actual: f64, expected: f64, rel: f64, abs: f64) {
+    let err = (actual - expected).abs();
+    assert!(
+        err <= rel * expected.abs() + abs,
+        "{what}: got {actual}, expected {expected} (|diff| {err:.3e}, rel {:.3e})",
+        err / expected.abs().max(1e-30)
+    );
+}
