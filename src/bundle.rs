@@ -14,7 +14,13 @@ pub struct ModelBundle {
     pub config: ModelConfig,
     pub model: CausalLm,
     pub tokenizer: TextTokenizer,
+    /// Other small files of the directory (`generation_config.json`, `special_tokens_map.json`),
+    /// written back unchanged on export.
+    pub extra_files: Vec<(String, String)>,
 }
+
+/// Files besides config, weights and tokenizer that an export carries over.
+pub const CARRIED_FILES: [&str; 2] = ["generation_config.json", "special_tokens_map.json"];
 
 /// The text files of a model directory.
 pub struct ModelTexts {
@@ -23,6 +29,8 @@ pub struct ModelTexts {
     pub config_json: String,
     pub tokenizer_json: String,
     pub tokenizer_config_json: Option<String>,
+    /// `(file name, contents)` of `CARRIED_FILES` present in the source.
+    pub extra_files: Vec<(String, String)>,
 }
 
 impl ModelBundle {
@@ -40,6 +48,7 @@ impl ModelBundle {
             config,
             model,
             tokenizer,
+            extra_files: texts.extra_files,
         })
     }
 }
@@ -56,6 +65,7 @@ pub async fn export_files(
     model: &CausalLm,
     config: &ModelConfig,
     tokenizer: &TextTokenizer,
+    extra_files: &[(String, String)],
 ) -> Result<ExportedFiles> {
     let weights = export_weights(model).await?;
     let mut files = vec![
@@ -71,6 +81,9 @@ pub async fn export_files(
     ];
     if let Some(tc) = &tokenizer.config_json {
         files.push(("tokenizer_config.json".to_string(), tc.clone().into_bytes()));
+    }
+    for (name, text) in extra_files {
+        files.push((name.clone(), text.clone().into_bytes()));
     }
     Ok(ExportedFiles { files })
 }

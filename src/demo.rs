@@ -143,6 +143,7 @@ pub fn model(seed: u64, device: &Device) -> Result<ModelBundle> {
             config_json: config_json(),
             tokenizer_json: tokenizer_json(),
             tokenizer_config_json: Some(tokenizer_config_json()),
+            extra_files: Vec::new(),
         },
         &RandomInit { seed, std: 0.02 },
         device,

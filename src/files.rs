@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use crate::bundle::{ExportedFiles, ModelBundle, ModelTexts};
+use crate::bundle::{CARRIED_FILES, ExportedFiles, ModelBundle, ModelTexts};
 use crate::data::{PreferencePair, parse_jsonl};
 use crate::error::{Error, Location, Result};
 use crate::weights::{FileBytes, SafetensorsSource};
@@ -85,6 +85,14 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<ModelBundle> {
         config_json,
         tokenizer_json: read_text(&dir.join("tokenizer.json"))?,
         tokenizer_config_json: read_optional(&dir.join("tokenizer_config.json"))?,
+        extra_files: CARRIED_FILES
+            .iter()
+            .filter_map(|name| match read_optional(&dir.join(name)) {
+                Ok(Some(text)) => Some(Ok((name.to_string(), text))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_>>()?,
     };
     let weights = weights_in(dir)?;
     ModelBundle::load(texts, &weights, device)

@@ -208,6 +208,7 @@ mod cli {
         let (train_set, eval_set) =
             tokenize_both(&bundle, &train_rows, &eval_rows, options.max_length)?;
         let config = bundle.config.clone();
+        let extra_files = bundle.extra_files.clone();
         let tokenizer = bundle.tokenizer;
         let mut trainer = DpoTrainer::new(
             bundle.model,
@@ -258,7 +259,7 @@ mod cli {
                     }
                 }
                 if args.save_every > 0 && report.step % args.save_every == 0 && !trainer.is_done() {
-                    save(&output, &trainer, &config, &tokenizer).await?;
+                    save(&output, &trainer, &config, &tokenizer, &extra_files).await?;
                 }
             }
             let after = trainer.evaluate().await?;
@@ -281,7 +282,7 @@ mod cli {
                     b.rewards_accuracies, a.rewards_accuracies, b.loss, a.loss
                 );
             }
-            save(&output, &trainer, &config, &tokenizer).await?;
+            save(&output, &trainer, &config, &tokenizer, &extra_files).await?;
             eprintln!("saved model to {}", output.display());
             Ok(())
         })
@@ -343,8 +344,9 @@ mod cli {
         trainer: &DpoTrainer,
         config: &dpo_wgpu::config::ModelConfig,
         tokenizer: &dpo_wgpu::tokenizer::TextTokenizer,
+        extra_files: &[(String, String)],
     ) -> Result<()> {
-        let files = export_files(&trainer.policy(), config, tokenizer).await?;
+        let files = export_files(&trainer.policy(), config, tokenizer, extra_files).await?;
         write_files_atomically(output, &files)
     }
 

@@ -156,6 +156,7 @@ impl Trainer {
                         config_json: files.config,
                         tokenizer_json: files.tokenizer,
                         tokenizer_config_json: files.tokenizer_config,
+                        extra_files: Vec::new(),
                     },
                     &source,
                     &device,
@@ -282,7 +283,7 @@ impl Trainer {
     pub fn export_model(&self) -> Promise {
         self.with_state(|s| async move {
             let result = async {
-                let files = export_files(&s.trainer.policy(), &s.config, &s.tokenizer)
+                let files = export_files(&s.trainer.policy(), &s.config, &s.tokenizer, &[])
                     .await
                     .map_err(js_error)?;
                 let out = Object::new();
