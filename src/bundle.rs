@@ -20,7 +20,11 @@ pub struct ModelBundle {
 }
 
 /// Files besides config, weights and tokenizer that an export carries over.
-pub const CARRIED_FILES: [&str; 2] = ["generation_config.json", "special_tokens_map.json"];
+pub const CARRIED_FILES: [&str; 3] = [
+    "generation_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
 
 /// The text files of a model directory.
 pub struct ModelTexts {
@@ -37,12 +41,20 @@ impl ModelBundle {
     pub fn load(texts: ModelTexts, weights: &dyn WeightSource, device: &Device) -> Result<Self> {
         let config =
             ModelConfig::from_json(&texts.config_json, &format!("{}/config.json", texts.label))?;
-        let tokenizer = TextTokenizer::from_json(
+        let mut tokenizer = TextTokenizer::from_json(
             texts.tokenizer_json,
             texts.tokenizer_config_json,
             config.eos_token_id,
             &format!("{}/tokenizer.json", texts.label),
         )?;
+        // transformers 5 saves the chat template beside the tokenizer config.
+        if let Some((_, template)) = texts
+            .extra_files
+            .iter()
+            .find(|(name, _)| name == "chat_template.jinja")
+        {
+            tokenizer.chat_template = Some(template.clone());
+        }
         let model = CausalLm::load(&config, weights, device)?;
         Ok(Self {
             config,
@@ -50,6 +62,34 @@ impl ModelBundle {
             tokenizer,
             extra_files: texts.extra_files,
         })
+    }
+}
+
+impl ModelBundle {
+    /// Token ids that end generation: `generation_config.json`'s `eos_token_id` (one or a list)
+    /// when present, `config.json`'s otherwise, and the tokenizer's EOS.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let from_generation_config = self
+            .extra_files
+            .iter()
+            .find(|(name, _)| name == "generation_config.json")
+            .and_then(|(_, text)| serde_json::from_str::<serde_json::Value>(text).ok())
+            .and_then(|v| v.get("eos_token_id").cloned());
+        let mut ids: Vec<u32> = match from_generation_config {
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|n| n as u32).into_iter().collect()
+            }
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .map(|n| n as u32)
+                .collect(),
+            _ => self.config.eos_token_id.into_iter().collect(),
+        };
+        ids.push(self.tokenizer.eos_id);
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 }
 

@@ -62,6 +62,9 @@ pub struct LlamaConfig {
     pub mlp_bias: bool,
     #[serde(default = "default_silu")]
     pub hidden_act: String,
+    /// Qwen2: sliding-window attention (refused when on).
+    #[serde(default)]
+    pub use_sliding_window: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -124,6 +127,8 @@ fn default_max_positions() -> usize {
 pub enum Architecture {
     Gpt2(Gpt2Config),
     Llama(LlamaConfig),
+    /// Llama-shaped with q/k/v biases.
+    Qwen2(LlamaConfig),
 }
 
 /// A parsed `config.json` plus the raw JSON it came from.
@@ -153,7 +158,7 @@ impl ModelConfig {
         };
         let architecture = match model_type.as_str() {
             "gpt2" => Architecture::Gpt2(serde_json::from_value(raw.clone()).map_err(parse_err)?),
-            "llama" => {
+            "llama" | "qwen2" => {
                 let cfg: LlamaConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
                 if let Some(t) = cfg.rope_type() {
                     if t != "default" {
@@ -169,12 +174,22 @@ impl ModelConfig {
                         format!("`{}` is not supported (only `silu`)", cfg.hidden_act),
                     ));
                 }
-                Architecture::Llama(cfg)
+                if cfg.use_sliding_window {
+                    return Err(Error::input(
+                        loc().field("use_sliding_window"),
+                        "sliding-window attention is not supported",
+                    ));
+                }
+                if model_type == "qwen2" {
+                    Architecture::Qwen2(cfg)
+                } else {
+                    Architecture::Llama(cfg)
+                }
             }
             other => {
                 return Err(Error::input(
                     loc().field("model_type"),
-                    format!("unsupported model type `{other}` (supported: gpt2, llama)"),
+                    format!("unsupported model type `{other}` (supported: gpt2, llama, qwen2)"),
                 ));
             }
         };
@@ -212,15 +227,7 @@ impl ModelConfig {
     pub fn vocab_size(&self) -> usize {
         match &self.architecture {
             Architecture::Gpt2(c) => c.vocab_size,
-            Architecture::Llama(c) => c.vocab_size,
-        }
-    }
-
-    pub fn max_positions(&self) -> Option<usize> {
-        match &self.architecture {
-            // GPT-2 has a learned position table: longer inputs are impossible.
-            Architecture::Gpt2(c) => Some(c.n_positions),
-            Architecture::Llama(_) => None,
+            Architecture::Llama(c) | Architecture::Qwen2(c) => c.vocab_size,
         }
     }
 
@@ -228,6 +235,7 @@ impl ModelConfig {
         match &self.architecture {
             Architecture::Gpt2(_) => "gpt2",
             Architecture::Llama(_) => "llama",
+            Architecture::Qwen2(_) => "qwen2",
         }
     }
 }

@@ -174,9 +174,9 @@ fn pair(rng: &mut StdRng, subject: &str) -> PreferencePair {
         _ => format!(" i found {det} {subject} {a} and {b}"),
     };
     PreferencePair {
-        prompt,
-        chosen: line(g1, g2),
-        rejected: line(b1, b2),
+        prompt: prompt.into(),
+        chosen: line(g1, g2).into(),
+        rejected: line(b1, b2).into(),
     }
 }
 

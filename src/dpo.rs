@@ -30,8 +30,10 @@ enum Stat {
     LogpRejected,
     MeanLogitSumChosen,
     MeanLogitSumRejected,
+    Top1Chosen,
+    EntropySum,
 }
-const STATS: usize = 9;
+const STATS: usize = 11;
 
 /// Rows `0..pairs` of `policy` are chosen completions, rows `pairs..2*pairs` rejected ones.
 pub fn dpo_loss(
@@ -55,7 +57,7 @@ pub fn dpo_loss(
         .greater(rejected_rewards.clone().detach())
         .float()
         .mean();
-    let mean_logits = policy.mean_logit_sums.detach();
+    let mean_logits = policy.mean_logit_sums;
     let mut stats = vec![Tensor::<1>::zeros([1], &loss.device()); STATS];
     stats[Stat::Loss as usize] = loss.clone().detach();
     stats[Stat::RewardChosen as usize] = detached(chosen_rewards).mean();
@@ -66,6 +68,8 @@ pub fn dpo_loss(
     stats[Stat::LogpRejected as usize] = detached(rejected).mean();
     stats[Stat::MeanLogitSumChosen as usize] = mean_logits.clone().narrow(0, 0, pairs).sum();
     stats[Stat::MeanLogitSumRejected as usize] = mean_logits.narrow(0, pairs, pairs).sum();
+    stats[Stat::Top1Chosen as usize] = policy.top1_hits.narrow(0, 0, pairs).sum();
+    stats[Stat::EntropySum as usize] = policy.entropy_sums.sum();
     DpoOutput {
         loss,
         stats: Tensor::cat(stats, 0),
@@ -92,6 +96,10 @@ pub struct DpoMetrics {
     pub logits_chosen: f64,
     #[serde(rename = "logits/rejected")]
     pub logits_rejected: f64,
+    /// Share of chosen completion tokens that are the policy's argmax prediction.
+    pub mean_token_accuracy: f64,
+    /// Mean predictive entropy over all completion tokens (chosen and rejected).
+    pub entropy: f64,
 }
 
 impl DpoMetrics {
@@ -109,68 +117,54 @@ impl DpoMetrics {
             logps_rejected: s(Stat::LogpRejected),
             logits_chosen: per_token(s(Stat::MeanLogitSumChosen), chosen_tokens),
             logits_rejected: per_token(s(Stat::MeanLogitSumRejected), rejected_tokens),
-        }
-    }
-
-    fn fields(&self) -> [f64; 9] {
-        [
-            self.loss,
-            self.rewards_chosen,
-            self.rewards_rejected,
-            self.rewards_accuracies,
-            self.rewards_margins,
-            self.logps_chosen,
-            self.logps_rejected,
-            self.logits_chosen,
-            self.logits_rejected,
-        ]
-    }
-
-    fn from_fields(f: [f64; 9]) -> Self {
-        Self {
-            loss: f[0],
-            rewards_chosen: f[1],
-            rewards_rejected: f[2],
-            rewards_accuracies: f[3],
-            rewards_margins: f[4],
-            logps_chosen: f[5],
-            logps_rejected: f[6],
-            logits_chosen: f[7],
-            logits_rejected: f[8],
+            mean_token_accuracy: per_token(s(Stat::Top1Chosen), chosen_tokens),
+            entropy: per_token(s(Stat::EntropySum), chosen_tokens + rejected_tokens),
         }
     }
 }
 
-/// Aggregates per-batch metrics the way TRL reports an evaluation: the loss is the mean over
-/// pairs (the Trainer weights each batch's mean loss by its size), every other metric is the
-/// plain mean of the per-batch values (`DPOTrainer.log` averages its per-batch lists).
+/// Aggregates per-batch metrics the way the Trainer reports an evaluation: the loss is weighted
+/// by each batch's size (its mean loss repeated per row), every other metric is the plain mean of
+/// the per-batch values (`DPOTrainer.log`/`SFTTrainer.log` average their per-batch lists).
 #[derive(Debug, Default, Clone)]
 pub struct MetricsAccumulator {
-    sums: [f64; 9],
+    sums: serde_json::Map<String, serde_json::Value>,
     batches: usize,
     weighted_loss: f64,
-    pairs: usize,
+    rows: usize,
 }
 
 impl MetricsAccumulator {
-    pub fn add(&mut self, batch: &DpoMetrics, pairs: usize) {
-        for (sum, v) in self.sums.iter_mut().zip(batch.fields()) {
-            *sum += v;
+    pub fn add<M: Serialize>(&mut self, batch: &M, rows: usize) {
+        let value = serde_json::to_value(batch).expect("metrics serialize");
+        for (key, v) in value.as_object().expect("metrics are an object") {
+            let v = v.as_f64().unwrap_or(0.0);
+            let sum = self.sums.entry(key.clone()).or_insert(0.0.into());
+            *sum = (sum.as_f64().unwrap_or(0.0) + v).into();
+            if key == "loss" {
+                self.weighted_loss += v * rows as f64;
+            }
         }
         self.batches += 1;
-        self.weighted_loss += batch.loss * pairs as f64;
-        self.pairs += pairs;
+        self.rows += rows;
     }
 
     pub fn is_empty(&self) -> bool {
         self.batches == 0
     }
 
-    pub fn mean(&self) -> DpoMetrics {
+    pub fn mean<M: serde::de::DeserializeOwned>(&self) -> M {
         let n = self.batches.max(1) as f64;
-        let mut m = DpoMetrics::from_fields(self.sums.map(|s| s / n));
-        m.loss = self.weighted_loss / self.pairs.max(1) as f64;
-        m
+        let mut out = serde_json::Map::new();
+        for (key, sum) in &self.sums {
+            let mean = if key == "loss" {
+                self.weighted_loss / self.rows.max(1) as f64
+            } else {
+                sum.as_f64().unwrap_or(0.0) / n
+            };
+            out.insert(key.clone(), mean.into());
+        }
+        serde_json::from_value(out.into()).expect("same keys as serialized")
     }
 }
 
@@ -193,7 +187,7 @@ mod tests {
         };
         acc.add(&a, 3);
         acc.add(&b, 1);
-        let m = acc.mean();
+        let m: DpoMetrics = acc.mean();
         assert!((m.loss - (3.0 + 4.0) / 4.0).abs() < 1e-12);
         assert!((m.rewards_accuracies - 0.5).abs() < 1e-12);
     }

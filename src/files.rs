@@ -1,5 +1,6 @@
 //! Native file access: model directories in, atomic model directories and logs out.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,9 @@ use burn::tensor::Device;
 use crate::bundle::{CARRIED_FILES, ExportedFiles, ModelBundle, ModelTexts};
 use crate::data::{PreferencePair, parse_jsonl};
 use crate::error::{Error, Location, Result};
-use crate::weights::{FileBytes, SafetensorsSource};
+use crate::weights::{FileBytes, SafetensorsSource, WithParamIds};
 
-fn read_text(path: &Path) -> Result<String> {
+pub fn read_text(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))
 }
 
@@ -68,12 +69,45 @@ pub fn weights_in(dir: &Path) -> Result<SafetensorsSource> {
     ))
 }
 
-/// Load a Hugging Face model directory (`config.json`, safetensors weights, `tokenizer.json`).
+/// One safetensors file, memory-mapped.
+pub fn weights_file(path: &Path) -> Result<SafetensorsSource> {
+    let label = path.display().to_string();
+    SafetensorsSource::new(label.clone(), vec![(label, FileBytes::map(path)?)])
+}
+
+/// Load a Hugging Face model directory (`config.json`, safetensors weights, `tokenizer.json`), or
+/// a `.gguf` file (memory-mapped; config and tokenizer rebuilt from its metadata).
 pub fn load_model_dir(dir: &Path, device: &Device) -> Result<ModelBundle> {
+    load_model_dir_with_ids(dir, &HashMap::new(), device)
+}
+
+/// `load_model_dir`, giving parameters the ids a checkpoint recorded (see `checkpoint.rs`).
+pub fn load_model_dir_with_ids(
+    dir: &Path,
+    ids: &HashMap<String, u64>,
+    device: &Device,
+) -> Result<ModelBundle> {
+    if dir.is_file()
+        && dir
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        let label = dir.display().to_string();
+        let (texts, weights) =
+            crate::gguf::gguf_model_texts_and_weights(&label, FileBytes::map(dir)?)?;
+        return ModelBundle::load(
+            texts,
+            &WithParamIds {
+                inner: &weights,
+                ids,
+            },
+            device,
+        );
+    }
     if !dir.is_dir() {
         return Err(Error::input(
             Location::file(dir.display().to_string()),
-            "not a directory (expected a Hugging Face model directory)",
+            "not a directory (expected a Hugging Face model directory or a .gguf file)",
         ));
     }
     let config_path = dir.join("config.json");
@@ -95,7 +129,25 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<ModelBundle> {
             .collect::<Result<_>>()?,
     };
     let weights = weights_in(dir)?;
-    ModelBundle::load(texts, &weights, device)
+    ModelBundle::load(
+        texts,
+        &WithParamIds {
+            inner: &weights,
+            ids,
+        },
+        device,
+    )
+}
+
+/// Load a PEFT LoRA adapter directory onto `model`.
+pub fn load_adapter_dir(
+    model: crate::model::CausalLm,
+    dir: &Path,
+    device: &Device,
+) -> Result<(crate::model::CausalLm, crate::peft::LoraSettings)> {
+    let config = read_text(&dir.join("adapter_config.json"))?;
+    let weights = weights_file(&dir.join("adapter_model.safetensors"))?;
+    crate::peft::load(model, &config, &weights, &dir.display().to_string(), device)
 }
 
 pub fn read_pairs(path: &Path) -> Result<Vec<PreferencePair>> {

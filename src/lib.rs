@@ -4,13 +4,19 @@
 
 pub mod backend;
 pub mod bundle;
+pub mod chat;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod demo;
 pub mod dpo;
 pub mod error;
+pub mod generate;
+pub mod gguf;
 pub mod model;
 pub mod optim;
+pub mod peft;
+pub mod sft;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

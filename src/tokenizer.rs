@@ -13,6 +13,9 @@ pub struct TextTokenizer {
     pub eos_token: String,
     pub eos_id: u32,
     pub pad_id: u32,
+    pub bos_token: Option<String>,
+    /// Jinja chat template (`tokenizer_config.json` or `chat_template.jinja`), if the model has one.
+    pub chat_template: Option<String>,
 }
 
 impl TextTokenizer {
@@ -78,24 +81,47 @@ impl TextTokenizer {
         let pad_id = special("pad_token")
             .and_then(|t| inner.token_to_id(&t))
             .unwrap_or(eos_id);
+        // A single template, or a list of named ones of which "default" is used.
+        let chat_template = config.as_ref().and_then(|c| match c.get("chat_template")? {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(list) => list.iter().find_map(|t| {
+                (t.get("name")?.as_str()? == "default")
+                    .then(|| t.get("template")?.as_str().map(str::to_string))?
+            }),
+            _ => None,
+        });
         Ok(Self {
+            bos_token: special("bos_token"),
             inner,
             json,
             config_json,
             eos_token,
             eos_id,
             pad_id,
+            chat_template,
         })
     }
 
     /// Token ids as `tokenizer(text)` gives them in transformers (special tokens added by the
     /// post-processor, e.g. a BOS, included).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, true)
+    }
+
+    /// Token ids of `text`, with or without the post-processor's special tokens (chat templates
+    /// already contain theirs, so transformers encodes rendered chats without adding any).
+    pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let encoding = self
             .inner
-            .encode(text, true)
+            .encode(text, add_special_tokens)
             .map_err(|e| Error::Invalid(format!("tokenizing {text:?}: {e}")))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    pub fn decode_skipping_special(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::Invalid(format!("decoding: {e}")))
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

@@ -1,5 +1,7 @@
 //! The one training loop, `async` so the same code runs under `pollster::block_on` natively and
 //! under the browser's event loop in a Web Worker. Every device readback here is asynchronous.
+//! It trains DPO (preference pairs against a frozen reference) or SFT (completions); everything
+//! but the batch and the loss is shared.
 
 use std::collections::HashMap;
 
@@ -12,13 +14,14 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
-use crate::data::{TokenizedPair, collate_pairs};
+use crate::data::{TokenizedCompletion, TokenizedPair, collate_completions, collate_pairs};
 use crate::dpo::{DpoMetrics, MetricsAccumulator, dpo_loss};
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, ScoringBatch, score_completions};
 use crate::optim::{
     LrSchedule, OptimizerKind, ParamInfo, build_optimizer, clip_grad_norm, param_infos,
 };
+use crate::sft::{SftMetrics, sft_loss};
 
 /// Training hyper-parameters. Defaults follow TRL's `DPOConfig` / transformers' `TrainingArguments`
 /// where a user could compare numbers.
@@ -26,13 +29,14 @@ use crate::optim::{
 pub struct TrainOptions {
     pub optimizer: OptimizerKind,
     pub learning_rate: f64,
-    /// Preference pairs per optimizer step.
+    /// Examples (preference pairs, or SFT sequences) per optimizer step.
     pub batch_size: usize,
     pub epochs: usize,
     /// Overrides `epochs` when set.
     pub max_steps: Option<usize>,
+    /// DPO's β.
     pub beta: f64,
-    /// `keep_start` truncation of prompt+completion; pairs whose prompt fills it are dropped.
+    /// `keep_start` truncation of prompt+completion; DPO pairs whose prompt fills it are dropped.
     pub max_length: Option<usize>,
     pub seed: u64,
     /// Global gradient-norm clipping; 0 turns it off.
@@ -41,7 +45,7 @@ pub struct TrainOptions {
     pub lr_schedule: LrSchedule,
     pub warmup_steps: usize,
     pub eval_batch_size: usize,
-    /// Visit training pairs in a new random order each epoch (off: file order, for parity runs).
+    /// Visit training examples in a new random order each epoch (off: file order).
     #[serde(default = "default_true")]
     pub shuffle: bool,
 }
@@ -56,6 +60,14 @@ impl TrainOptions {
             return Some(limit);
         }
         None
+    }
+
+    /// TRL's `SFTConfig` defaults differ from `DPOConfig`'s in the learning rate.
+    pub fn sft_defaults() -> Self {
+        Self {
+            learning_rate: 2e-5,
+            ..Self::default()
+        }
     }
 }
 
@@ -84,6 +96,30 @@ impl Default for TrainOptions {
     }
 }
 
+/// Metrics of a step or an evaluation, under TRL's names when serialized.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Metrics {
+    Dpo(DpoMetrics),
+    Sft(SftMetrics),
+}
+
+impl Metrics {
+    pub fn loss(&self) -> f64 {
+        match self {
+            Metrics::Dpo(m) => m.loss,
+            Metrics::Sft(m) => m.loss,
+        }
+    }
+
+    pub fn dpo(&self) -> Option<&DpoMetrics> {
+        match self {
+            Metrics::Dpo(m) => Some(m),
+            Metrics::Sft(_) => None,
+        }
+    }
+}
+
 /// What one optimizer step did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
@@ -91,57 +127,93 @@ pub struct StepReport {
     pub total_steps: usize,
     pub epoch: f64,
     #[serde(flatten)]
-    pub metrics: DpoMetrics,
+    pub metrics: Metrics,
     pub grad_norm: f64,
     pub learning_rate: f64,
     pub seconds: f64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// Training and evaluation examples, and what is learned from them.
+pub enum Task {
+    /// DPO against `reference` (`None`: a frozen copy of the starting policy).
+    Dpo {
+        train: Vec<TokenizedPair>,
+        eval: Vec<TokenizedPair>,
+        reference: Option<CausalLm>,
+    },
+    Sft {
+        train: Vec<TokenizedCompletion>,
+        eval: Vec<TokenizedCompletion>,
+    },
+}
+
+enum Objective {
+    Dpo {
+        train: Vec<TokenizedPair>,
+        eval: Vec<TokenizedPair>,
+        reference: CausalLm,
+        /// The reference is frozen, so each pair's reference log-probs are computed once
+        /// (TRL's `precompute_ref_log_probs`, done lazily).
+        ref_logps: HashMap<(Split, usize), (f32, f32)>,
+    },
+    Sft {
+        train: Vec<TokenizedCompletion>,
+        eval: Vec<TokenizedCompletion>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Split {
     Train,
     Eval,
 }
 
-/// A DPO run in progress: the policy being trained, the frozen reference, optimizer state and
-/// data order. Drive it with `step()` / `evaluate()`, or `run()`.
-pub struct DpoTrainer {
+/// Where the examples are in the schedule: what a resumed run needs besides weights and
+/// optimizer state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub step: usize,
+    pub epoch: usize,
+    pub cursor: usize,
+    pub order: Vec<usize>,
+    /// Seed for the next epoch's shuffle.
+    pub next_seed: u64,
+}
+
+/// A training run in progress: the policy, optimizer state and data order (plus the frozen
+/// reference for DPO). Drive it with `step()` / `evaluate()`, or `run()`.
+pub struct Trainer {
     /// Always `Some` between calls; taken by value for the optimizer step.
     policy: Option<CausalLm>,
-    reference: CausalLm,
+    objective: Objective,
     optimizer: ModuleOptimizer,
     params: Vec<ParamInfo>,
     options: TrainOptions,
-    train: Vec<TokenizedPair>,
-    eval: Vec<TokenizedPair>,
     pad_id: u32,
     device: Device,
-    step: usize,
     total_steps: usize,
-    order: Vec<usize>,
-    cursor: usize,
-    epoch: usize,
-    rng: StdRng,
-    /// The reference is frozen, so each pair's reference log-probs are computed once
-    /// (TRL's `precompute_ref_log_probs`, done lazily).
-    ref_logps: HashMap<(Split, usize), (f32, f32)>,
+    progress: Progress,
 }
 
-impl DpoTrainer {
-    /// `policy` starts training from its current weights; `reference` defaults to a frozen copy
-    /// of it (sharing memory until the first update). Models live on `device` (no autodiff).
-    pub fn new(
+/// The DPO trainer is the general trainer; the name stays for readers coming from TRL.
+pub type DpoTrainer = Trainer;
+
+impl Trainer {
+    /// `policy` starts training from its current weights. Models live on `device` (no autodiff).
+    pub fn with_task(
         policy: CausalLm,
-        reference: Option<CausalLm>,
-        train: Vec<TokenizedPair>,
-        eval: Vec<TokenizedPair>,
+        task: Task,
         pad_id: u32,
         options: TrainOptions,
         device: &Device,
     ) -> Result<Self> {
-        if train.is_empty() {
+        let train_len = match &task {
+            Task::Dpo { train, .. } => train.len(),
+            Task::Sft { train, .. } => train.len(),
+        };
+        if train_len == 0 {
             return Err(Error::Invalid(
-                "no training pairs left after tokenization".into(),
+                "no training examples left after tokenization".into(),
             ));
         }
         if options.batch_size == 0 || options.eval_batch_size == 0 {
@@ -154,33 +226,69 @@ impl DpoTrainer {
                 )));
             }
         }
-        let reference = reference.unwrap_or_else(|| policy.valid());
-        let params = param_infos(&policy.named_params());
+        let objective = match task {
+            Task::Dpo {
+                train,
+                eval,
+                reference,
+            } => Objective::Dpo {
+                train,
+                eval,
+                reference: reference.unwrap_or_else(|| policy.valid()),
+                ref_logps: HashMap::new(),
+            },
+            Task::Sft { train, eval } => Objective::Sft { train, eval },
+        };
+        let mut named = policy.named_params();
+        named.extend(crate::peft::adapter_params(&policy));
+        let params = param_infos(&named);
         let optimizer = build_optimizer(options.optimizer, options.weight_decay, &params);
-        let steps_per_epoch = train.len().div_ceil(options.batch_size);
         let total_steps = options
             .max_steps
-            .unwrap_or(steps_per_epoch * options.epochs.max(1));
+            .unwrap_or(train_len.div_ceil(options.batch_size) * options.epochs.max(1));
         let mut trainer = Self {
             policy: Some(policy.train()),
-            reference,
+            objective,
             optimizer,
             params,
-            train,
-            eval,
             pad_id,
             device: device.clone(),
-            step: 0,
             total_steps,
-            order: Vec::new(),
-            cursor: 0,
-            epoch: 0,
-            rng: StdRng::seed_from_u64(options.seed),
-            ref_logps: HashMap::new(),
+            progress: Progress {
+                step: 0,
+                epoch: 0,
+                cursor: 0,
+                order: Vec::new(),
+                next_seed: options.seed,
+            },
             options,
         };
-        trainer.reshuffle();
+        trainer.start_epoch();
         Ok(trainer)
+    }
+
+    /// A DPO run (TRL's `DPOTrainer`); `reference` defaults to a frozen copy of `policy`
+    /// (sharing memory until the first update).
+    pub fn new(
+        policy: CausalLm,
+        reference: Option<CausalLm>,
+        train: Vec<TokenizedPair>,
+        eval: Vec<TokenizedPair>,
+        pad_id: u32,
+        options: TrainOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::with_task(
+            policy,
+            Task::Dpo {
+                train,
+                eval,
+                reference,
+            },
+            pad_id,
+            options,
+            device,
+        )
     }
 
     pub fn total_steps(&self) -> usize {
@@ -188,23 +296,38 @@ impl DpoTrainer {
     }
 
     pub fn steps_done(&self) -> usize {
-        self.step
+        self.progress.step
     }
 
     pub fn is_done(&self) -> bool {
-        self.step >= self.total_steps
+        self.progress.step >= self.total_steps
     }
 
     pub fn options(&self) -> &TrainOptions {
         &self.options
     }
 
+    pub fn train_len(&self) -> usize {
+        match &self.objective {
+            Objective::Dpo { train, .. } => train.len(),
+            Objective::Sft { train, .. } => train.len(),
+        }
+    }
+
+    pub fn eval_len(&self) -> usize {
+        match &self.objective {
+            Objective::Dpo { eval, .. } => eval.len(),
+            Objective::Sft { eval, .. } => eval.len(),
+        }
+    }
+
+    /// Kept for callers that think in pairs.
     pub fn train_pairs(&self) -> usize {
-        self.train.len()
+        self.train_len()
     }
 
     pub fn eval_pairs(&self) -> usize {
-        self.eval.len()
+        self.eval_len()
     }
 
     /// The policy without autodiff, for evaluation or export (shares the weights, no copy).
@@ -212,61 +335,120 @@ impl DpoTrainer {
         self.policy.as_ref().expect("policy present").valid()
     }
 
-    fn reshuffle(&mut self) {
-        self.order = (0..self.train.len()).collect();
-        if self.options.shuffle {
-            self.order.shuffle(&mut self.rng);
+    pub fn optimizer(&self) -> &ModuleOptimizer {
+        &self.optimizer
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Continue a saved run: optimizer state and schedule position (the weights, with their
+    /// parameter ids, were loaded into the policy this trainer was built with).
+    pub fn resume(
+        &mut self,
+        optimizer_state: Vec<u8>,
+        progress: Progress,
+        source: &str,
+    ) -> Result<()> {
+        if progress.order.len() != self.train_len() {
+            return Err(Error::Invalid(format!(
+                "the checkpoint was made with {} training examples, this run has {}",
+                progress.order.len(),
+                self.train_len()
+            )));
         }
-        self.cursor = 0;
+        self.optimizer =
+            crate::checkpoint::load_optimizer(self.optimizer.clone(), optimizer_state, source)?;
+        self.progress = progress;
+        Ok(())
+    }
+
+    fn start_epoch(&mut self) {
+        let len = self.train_len();
+        let p = &mut self.progress;
+        p.order = (0..len).collect();
+        if self.options.shuffle {
+            let mut rng = StdRng::seed_from_u64(p.next_seed);
+            p.order.shuffle(&mut rng);
+            p.next_seed = p.next_seed.wrapping_add(1);
+        }
+        p.cursor = 0;
     }
 
     fn next_batch(&mut self) -> Vec<usize> {
-        if self.cursor >= self.order.len() {
-            self.epoch += 1;
-            self.reshuffle();
+        if self.progress.cursor >= self.progress.order.len() {
+            self.progress.epoch += 1;
+            self.start_epoch();
         }
-        let end = (self.cursor + self.options.batch_size).min(self.order.len());
-        let batch = self.order[self.cursor..end].to_vec();
-        self.cursor = end;
+        let p = &mut self.progress;
+        let end = (p.cursor + self.options.batch_size).min(p.order.len());
+        let batch = p.order[p.cursor..end].to_vec();
+        p.cursor = end;
         batch
     }
 
-    /// Reference log-probs of `pairs` as device tensors (chosen, rejected), plus a tensor to read
-    /// back into the cache when they were not cached yet.
-    fn reference_logps(
+    /// The batch for `indices` of `split`, and its loss and statistics on `policy`. Returns the
+    /// loss, the tensors to read back, and how to turn them into metrics.
+    fn forward(
         &self,
+        policy: &CausalLm,
         split: Split,
         indices: &[usize],
-        batch: &ScoringBatch,
-    ) -> (Tensor<1>, Tensor<1>, Option<Tensor<1>>) {
+    ) -> (
+        Tensor<1>,
+        Vec<Tensor<1>>,
+        Box<dyn FnOnce(&[Vec<f32>]) -> Metrics>,
+        Option<Fresh>,
+    ) {
         let n = indices.len();
-        let cached: Option<Vec<(f32, f32)>> = indices
-            .iter()
-            .map(|&i| self.ref_logps.get(&(split, i)).copied())
-            .collect();
-        match cached {
-            Some(values) => {
-                let chosen: Vec<f32> = values.iter().map(|v| v.0).collect();
-                let rejected: Vec<f32> = values.iter().map(|v| v.1).collect();
-                let t = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), &self.device);
-                (t(chosen), t(rejected), None)
+        let max_length = self.options.max_length;
+        match &self.objective {
+            Objective::Dpo {
+                train,
+                eval,
+                reference,
+                ref_logps,
+            } => {
+                let set = if split == Split::Train { train } else { eval };
+                let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &set[i]).collect();
+                let batch = collate_pairs(&pairs, max_length, self.pad_id);
+                let tokens = batch.scored_tokens_per_row();
+                let (chosen_tokens, rejected_tokens) =
+                    (tokens[..n].iter().sum(), tokens[n..].iter().sum());
+                let (ref_chosen, ref_rejected, fresh) =
+                    reference_logps(reference, ref_logps, split, indices, &batch, &self.device);
+                let scores = score_completions(policy, &batch, &self.device);
+                let out = dpo_loss(scores, ref_chosen, ref_rejected, n, self.options.beta);
+                let metrics = Box::new(move |data: &[Vec<f32>]| {
+                    Metrics::Dpo(DpoMetrics::from_stats(
+                        &data[0],
+                        chosen_tokens,
+                        rejected_tokens,
+                    ))
+                });
+                (out.loss, vec![out.stats], metrics, fresh)
             }
-            None => {
-                let logps = score_completions(&self.reference, batch, &self.device).logps;
-                (
-                    logps.clone().narrow(0, 0, n),
-                    logps.clone().narrow(0, n, n),
-                    Some(logps),
-                )
+            Objective::Sft { train, eval } => {
+                let set = if split == Split::Train { train } else { eval };
+                let rows: Vec<&TokenizedCompletion> = indices.iter().map(|&i| &set[i]).collect();
+                let batch = collate_completions(&rows, max_length, self.pad_id);
+                let tokens = batch.scored.len();
+                let out = sft_loss(score_completions(policy, &batch, &self.device), tokens);
+                let metrics = Box::new(move |data: &[Vec<f32>]| {
+                    Metrics::Sft(SftMetrics::from_stats(&data[0], tokens))
+                });
+                (out.loss, vec![out.stats], metrics, None)
             }
         }
     }
 
-    fn remember_reference(&mut self, split: Split, indices: &[usize], values: &[f32]) {
-        let n = indices.len();
-        for (k, &i) in indices.iter().enumerate() {
-            self.ref_logps
-                .insert((split, i), (values[k], values[n + k]));
+    fn remember(&mut self, fresh: Fresh, values: &[f32]) {
+        if let Objective::Dpo { ref_logps, .. } = &mut self.objective {
+            let n = fresh.indices.len();
+            for (k, &i) in fresh.indices.iter().enumerate() {
+                ref_logps.insert((fresh.split, i), (values[k], values[n + k]));
+            }
         }
     }
 
@@ -274,17 +456,9 @@ impl DpoTrainer {
     pub async fn step(&mut self) -> Result<StepReport> {
         let started = Instant::now();
         let indices = self.next_batch();
-        let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &self.train[i]).collect();
-        let batch = collate_pairs(&pairs, self.options.max_length, self.pad_id);
-        let tokens = batch.scored_tokens_per_row();
-        let n = indices.len();
-        let (ref_chosen, ref_rejected, ref_fresh) =
-            self.reference_logps(Split::Train, &indices, &batch);
-
         let policy = self.policy.take().expect("policy present");
-        let scores = score_completions(&policy, &batch, &self.device);
-        let out = dpo_loss(scores, ref_chosen, ref_rejected, n, self.options.beta);
-        let mut grads = GradientsParams::from_grads(out.loss.backward(), &policy);
+        let (loss, mut readback, to_metrics, fresh) = self.forward(&policy, Split::Train, &indices);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &policy);
         let grad_norm = clip_grad_norm(
             &self.params,
             &mut grads,
@@ -293,26 +467,29 @@ impl DpoTrainer {
         );
         let lr = self.options.lr_schedule.lr_at(
             self.options.learning_rate,
-            self.step,
+            self.progress.step,
             self.total_steps,
             self.options.warmup_steps,
         );
         self.policy = Some(self.optimizer.step(lr, policy, grads));
 
         // One readback per step: statistics, grad norm and (first time only) reference log-probs.
-        let mut tensors = vec![out.stats, grad_norm];
-        tensors.extend(ref_fresh.clone());
-        let data = read_back(tensors).await?;
-        if ref_fresh.is_some() {
-            self.remember_reference(Split::Train, &indices, &data[2]);
+        readback.push(grad_norm);
+        if let Some(f) = &fresh {
+            readback.push(f.logps.clone());
         }
-        let metrics =
-            DpoMetrics::from_stats(&data[0], tokens[..n].iter().sum(), tokens[n..].iter().sum());
-        self.step += 1;
+        let data = read_back(readback).await?;
+        let metrics = to_metrics(&data);
+        if let Some(f) = fresh {
+            let values = data.last().expect("reference log-probs read back").clone();
+            self.remember(f, &values);
+        }
+        self.progress.step += 1;
         Ok(StepReport {
-            step: self.step,
+            step: self.progress.step,
             total_steps: self.total_steps,
-            epoch: self.step as f64 * self.options.batch_size as f64 / self.train.len() as f64,
+            epoch: self.progress.step as f64 * self.options.batch_size as f64
+                / self.train_len() as f64,
             metrics,
             grad_norm: data[1][0] as f64,
             learning_rate: lr,
@@ -331,39 +508,85 @@ impl DpoTrainer {
         Ok(())
     }
 
-    /// Metrics of the current policy on the evaluation pairs, in order, aggregated as TRL's
-    /// `evaluate()` does. `None` without evaluation pairs.
-    pub async fn evaluate(&mut self) -> Result<Option<DpoMetrics>> {
-        if self.eval.is_empty() {
+    /// Metrics of the current policy on the evaluation examples, in order, aggregated as the
+    /// Trainer's `evaluate()` does. `None` without evaluation examples.
+    pub async fn evaluate(&mut self) -> Result<Option<Metrics>> {
+        let len = self.eval_len();
+        if len == 0 {
             return Ok(None);
         }
         let policy = self.policy();
         let mut acc = MetricsAccumulator::default();
         let batch_size = self.options.eval_batch_size;
-        for start in (0..self.eval.len()).step_by(batch_size) {
-            let indices: Vec<usize> = (start..(start + batch_size).min(self.eval.len())).collect();
-            let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &self.eval[i]).collect();
-            let batch = collate_pairs(&pairs, self.options.max_length, self.pad_id);
-            let tokens = batch.scored_tokens_per_row();
-            let n = indices.len();
-            let (ref_chosen, ref_rejected, ref_fresh) =
-                self.reference_logps(Split::Eval, &indices, &batch);
-            let scores = score_completions(&policy, &batch, &self.device);
-            let out = dpo_loss(scores, ref_chosen, ref_rejected, n, self.options.beta);
-            let mut tensors = vec![out.stats];
-            tensors.extend(ref_fresh.clone());
-            let data = read_back(tensors).await?;
-            if ref_fresh.is_some() {
-                self.remember_reference(Split::Eval, &indices, &data[1]);
+        let mut last = None;
+        for start in (0..len).step_by(batch_size) {
+            let indices: Vec<usize> = (start..(start + batch_size).min(len)).collect();
+            let (_, mut readback, to_metrics, fresh) = self.forward(&policy, Split::Eval, &indices);
+            if let Some(f) = &fresh {
+                readback.push(f.logps.clone());
             }
-            let metrics = DpoMetrics::from_stats(
-                &data[0],
-                tokens[..n].iter().sum(),
-                tokens[n..].iter().sum(),
-            );
-            acc.add(&metrics, n);
+            let data = read_back(readback).await?;
+            let metrics = to_metrics(&data);
+            if let Some(f) = fresh {
+                let values = data.last().expect("reference log-probs read back").clone();
+                self.remember(f, &values);
+            }
+            match &metrics {
+                Metrics::Dpo(m) => acc.add(m, indices.len()),
+                Metrics::Sft(m) => acc.add(m, indices.len()),
+            }
+            last = Some(metrics);
         }
-        Ok(Some(acc.mean()))
+        Ok(last.map(|m| match m {
+            Metrics::Dpo(_) => Metrics::Dpo(acc.mean()),
+            Metrics::Sft(_) => Metrics::Sft(acc.mean()),
+        }))
+    }
+}
+
+/// Reference log-probs computed this step, to cache once read back.
+struct Fresh {
+    split: Split,
+    indices: Vec<usize>,
+    /// `[2n]`: chosen then rejected.
+    logps: Tensor<1>,
+}
+
+/// Reference log-probs of `indices` as device tensors (chosen, rejected), plus what to read back
+/// into the cache when they were not cached yet.
+fn reference_logps(
+    reference: &CausalLm,
+    cache: &HashMap<(Split, usize), (f32, f32)>,
+    split: Split,
+    indices: &[usize],
+    batch: &ScoringBatch,
+    device: &Device,
+) -> (Tensor<1>, Tensor<1>, Option<Fresh>) {
+    let n = indices.len();
+    let cached: Option<Vec<(f32, f32)>> = indices
+        .iter()
+        .map(|&i| cache.get(&(split, i)).copied())
+        .collect();
+    match cached {
+        Some(values) => {
+            let column = |pick: fn(&(f32, f32)) -> f32| {
+                let v: Vec<f32> = values.iter().map(pick).collect();
+                Tensor::<1>::from_data(TensorData::new(v, [n]), device)
+            };
+            (column(|v| v.0), column(|v| v.1), None)
+        }
+        None => {
+            let logps = score_completions(reference, batch, device).logps;
+            (
+                logps.clone().narrow(0, 0, n),
+                logps.clone().narrow(0, n, n),
+                Some(Fresh {
+                    split,
+                    indices: indices.to_vec(),
+                    logps,
+                }),
+            )
+        }
     }
 }
 

@@ -208,8 +208,8 @@ impl Trainer {
             let trainer = DpoTrainer::new(
                 bundle.model,
                 None,
-                train_set.pairs,
-                eval_set.pairs,
+                train_set.rows,
+                eval_set.rows,
                 bundle.tokenizer.pad_id,
                 train_options,
                 &device,

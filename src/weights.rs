@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
@@ -37,6 +37,18 @@ impl HostTensor {
     pub fn into_param<const D: usize>(self, device: &Device) -> Param<Tensor<D>> {
         Param::from_data(TensorData::new(self.data, self.shape), device)
     }
+
+    fn into_param_with_id<const D: usize>(
+        self,
+        id: Option<ParamId>,
+        device: &Device,
+    ) -> Param<Tensor<D>> {
+        let mut param = self.into_param(device);
+        if let Some(id) = id {
+            param.id = id;
+        }
+        param
+    }
 }
 
 /// Anything that hands out named tensors: one safetensors file, a sharded set, a fresh random
@@ -46,6 +58,36 @@ pub trait WeightSource {
     fn label(&self) -> &str;
     fn contains(&self, name: &str) -> bool;
     fn read(&self, name: &str) -> Result<HostTensor>;
+
+    /// The id the parameter loaded from `name` must have (a resumed run's optimizer state is keyed
+    /// by parameter id); `None`: a fresh one.
+    fn param_id(&self, _name: &str) -> Option<ParamId> {
+        None
+    }
+
+    /// A vector parameter of `len` elements.
+    fn vector(&self, name: &str, len: usize, device: &Device) -> Result<Param<Tensor<1>>> {
+        Ok(self
+            .read_shaped(name, &[len])?
+            .into_param_with_id(self.param_id(name), device))
+    }
+
+    /// A matrix parameter stored as `shape`, transposed on load when `transpose`.
+    fn matrix(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        transpose: bool,
+        device: &Device,
+    ) -> Result<Param<Tensor<2>>> {
+        let tensor = self.read_shaped(name, &shape)?;
+        let tensor = if transpose {
+            tensor.transposed()
+        } else {
+            tensor
+        };
+        Ok(tensor.into_param_with_id(self.param_id(name), device))
+    }
 
     /// Read a tensor and check its shape, naming both in the error.
     fn read_shaped(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
@@ -218,6 +260,30 @@ impl WeightSource for RandomInit {
             shape: shape.to_vec(),
             data,
         })
+    }
+}
+
+/// Another source whose parameters get the ids recorded in a checkpoint.
+pub struct WithParamIds<'a> {
+    pub inner: &'a dyn WeightSource,
+    pub ids: &'a std::collections::HashMap<String, u64>,
+}
+
+impl WeightSource for WithParamIds<'_> {
+    fn label(&self) -> &str {
+        self.inner.label()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+    fn read(&self, name: &str) -> Result<HostTensor> {
+        self.inner.read(name)
+    }
+    fn read_shaped(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        self.inner.read_shaped(name, shape)
+    }
+    fn param_id(&self, name: &str) -> Option<ParamId> {
+        self.ids.get(name).map(|&id| ParamId::from(id))
     }
 }
 

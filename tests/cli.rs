@@ -143,7 +143,7 @@ fn bad_data_names_file_line_and_field_without_panicking() {
     let data = dir.path().join("bad.jsonl");
     std::fs::write(
         &data,
-        "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n{\"prompt\":\"a\",\"chosen\":[1],\"rejected\":\"c\"}\n",
+        "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n{\"prompt\":\"a\",\"chosen\":3,\"rejected\":\"c\"}\n",
     )
     .unwrap();
     let output = dir.path().join("out");

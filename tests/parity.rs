@@ -31,7 +31,7 @@ fn load(family: &str, which: &str, device: &Device) -> ModelBundle {
 fn tokenized(bundle: &ModelBundle, max_length: usize) -> (Vec<TokenizedPair>, usize) {
     let rows = read_pairs(&fixtures().join("data.jsonl")).unwrap();
     let set = tokenize_pairs(&rows, &bundle.tokenizer, Some(max_length)).unwrap();
-    (set.pairs, set.dropped)
+    (set.rows, set.dropped)
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -173,7 +173,7 @@ fn evaluate_matches_trl() {
                 let metrics = pollster::block_on(trainer.evaluate()).unwrap().unwrap();
                 assert_metrics(
                     &format!("{backend} {family} {label}"),
-                    &metrics,
+                    metrics.dpo().unwrap(),
                     trl,
                     "eval_",
                 );
@@ -266,7 +266,7 @@ fn one_sgd_step_matches_trl() {
             .unwrap();
             let report = pollster::block_on(trainer.step()).unwrap();
             let what = format!("{backend} {family} sgd");
-            assert_metrics(&what, &report.metrics, &sgd["log"], "");
+            assert_metrics(&what, report.metrics.dpo().unwrap(), &sgd["log"], "");
             assert_close(
                 &format!("{what} grad_norm"),
                 report.grad_norm,
@@ -317,7 +317,7 @@ fn two_adamw_steps_match_trl() {
             for (step, log) in adamw["log"].as_array().unwrap().iter().enumerate() {
                 let report = pollster::block_on(trainer.step()).unwrap();
                 let what = format!("{backend} {family} adamw step {}", step + 1);
-                assert_metrics(&what, &report.metrics, log, "");
+                assert_metrics(&what, report.metrics.dpo().unwrap(), log, "");
                 assert_close(
                     &format!("{what} grad_norm"),
                     report.grad_norm,

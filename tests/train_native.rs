@@ -24,15 +24,15 @@ fn demo_loss_decreases_on_every_backend() {
         let mut trainer = DpoTrainer::new(
             bundle.model,
             None,
-            train.pairs,
-            eval.pairs,
+            train.rows,
+            eval.rows,
             bundle.tokenizer.pad_id,
             options,
             &device,
         )
         .unwrap();
         pollster::block_on(async {
-            let before = trainer.evaluate().await.unwrap().unwrap();
+            let before = *trainer.evaluate().await.unwrap().unwrap().dpo().unwrap();
             // Policy == reference before training: every reward is exactly zero.
             common::assert_close(
                 "initial eval loss",
@@ -44,13 +44,13 @@ fn demo_loss_decreases_on_every_backend() {
             let mut losses = Vec::new();
             trainer
                 .run(|report| {
-                    assert!(report.metrics.loss.is_finite() && report.grad_norm.is_finite());
-                    losses.push(report.metrics.loss);
+                    assert!(report.metrics.loss().is_finite() && report.grad_norm.is_finite());
+                    losses.push(report.metrics.loss());
                     true
                 })
                 .await
                 .unwrap();
-            let after = trainer.evaluate().await.unwrap().unwrap();
+            let after = *trainer.evaluate().await.unwrap().unwrap().dpo().unwrap();
             eprintln!(
                 "{backend}: train loss {:.4} -> {:.4}, held-out loss {:.4} -> {:.4}, accuracy {:.3}",
                 losses[0],

@@ -7,24 +7,36 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 /// max-subtraction, and unlike -inf it never turns a fully masked row into NaN.
 const MASKED_SCORE: f32 = -1e9;
 
-/// Boolean mask `[batch, 1, seq, seq]`, `true` where a query must not see a key: keys in the
-/// future, and padding keys. Padding never changes a real token's value this way, whichever side
-/// it is on.
-pub fn attention_mask(padding: &PaddingMask, device: &Device) -> Tensor<4, Bool> {
-    let [batch, seq] = [padding.batch, padding.seq_len];
-    let causal = Tensor::<2, Bool>::tril_mask([seq, seq], 0, device)
-        .unsqueeze_dims::<4>(&[0, 1])
-        .expand([batch, 1, seq, seq]);
-    if padding.all_real() {
-        return causal;
+/// Boolean mask `[batch, 1, new, past + new]`, `true` where a query must not see a key: keys in
+/// the future, and padding keys. Padding never changes a real token's value this way, whichever
+/// side it is on. `None` when nothing is masked (one new token, no padding).
+pub fn attention_mask(
+    batch: usize,
+    new: usize,
+    past: usize,
+    padding: Option<&PaddingMask>,
+    device: &Device,
+) -> Option<Tensor<4, Bool>> {
+    let total = past + new;
+    let padding = padding.filter(|p| !p.all_real());
+    if new == 1 && padding.is_none() {
+        return None;
     }
+    // Query i (absolute position past + i) sees keys j <= past + i.
+    let causal = Tensor::<2, Bool>::tril_mask([new, total], past as i64, device)
+        .unsqueeze_dims::<4>(&[0, 1])
+        .expand([batch, 1, new, total]);
+    let Some(padding) = padding else {
+        return Some(causal);
+    };
+    assert_eq!(padding.seq_len, total, "padding covers every key position");
     let pad_keys = Tensor::<2, Bool>::from_data(
-        TensorData::new(padding.is_pad.clone(), [batch, seq]),
+        TensorData::new(padding.is_pad.clone(), [batch, total]),
         device,
     )
     .unsqueeze_dims::<4>(&[1, 2])
-    .expand([batch, 1, seq, seq]);
-    causal.bool_or(pad_keys)
+    .expand([batch, 1, new, total]);
+    Some(causal.bool_or(pad_keys))
 }
 
 /// Which positions of a `[batch, seq]` token grid are padding (host-side; built by the collator).
@@ -44,22 +56,28 @@ impl PaddingMask {
         }
     }
 
-    fn all_real(&self) -> bool {
+    pub fn all_real(&self) -> bool {
         !self.is_pad.iter().any(|&p| p)
     }
 }
 
-/// softmax(q·kᵀ·scale + mask)·v for `[batch, heads, seq, head_dim]` inputs.
+/// softmax(q·kᵀ·scale + mask)·v for `[batch, heads, queries|keys, head_dim]` inputs.
 pub fn scaled_dot_product(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
-    mask: &Tensor<4, Bool>,
+    mask: Option<&Tensor<4, Bool>>,
     scale: f64,
 ) -> Tensor<4> {
-    let [batch, heads, seq, _] = q.dims();
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-    let scores = scores.mask_fill(mask.clone().expand([batch, heads, seq, seq]), MASKED_SCORE);
+    let [batch, heads, queries, _] = q.dims();
+    let keys = k.dims()[2];
+    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+    if let Some(mask) = mask {
+        scores = scores.mask_fill(
+            mask.clone().expand([batch, heads, queries, keys]),
+            MASKED_SCORE,
+        );
+    }
     softmax(scores, 3).matmul(v)
 }
 

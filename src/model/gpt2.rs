@@ -8,6 +8,8 @@ use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::attention::{gelu_tanh, merge_heads, scaled_dot_product, split_heads};
+use super::cache::KvCache;
+use super::lora::Projection;
 use super::{NamedParam, ParamRole};
 use crate::config::Gpt2Config;
 use crate::error::Result;
@@ -30,11 +32,11 @@ pub struct Gpt2 {
 #[derive(Module, Debug)]
 struct Block {
     ln_1: LayerNorm,
-    c_attn: Linear,
-    attn_proj: Linear,
+    c_attn: Projection,
+    attn_proj: Projection,
     ln_2: LayerNorm,
-    c_fc: Linear,
-    mlp_proj: Linear,
+    c_fc: Projection,
+    mlp_proj: Projection,
 }
 
 impl Gpt2 {
@@ -50,30 +52,20 @@ impl Gpt2 {
         let name = |n: &str| format!("{prefix}{n}");
         let embedding = |n: &str, rows: usize| -> Result<Embedding> {
             Ok(Embedding {
-                weight: src.read_shaped(&name(n), &[rows, d])?.into_param(device),
+                weight: src.matrix(&name(n), [rows, d], false, device)?,
             })
         };
         let layer_norm = |n: &str| -> Result<LayerNorm> {
             let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
-            ln.gamma = src
-                .read_shaped(&name(&format!("{n}.weight")), &[d])?
-                .into_param(device);
-            ln.beta = Some(
-                src.read_shaped(&name(&format!("{n}.bias")), &[d])?
-                    .into_param(device),
-            );
+            ln.gamma = src.vector(&name(&format!("{n}.weight")), d, device)?;
+            ln.beta = Some(src.vector(&name(&format!("{n}.bias")), d, device)?);
             Ok(ln)
         };
-        let conv1d = |n: &str, d_in: usize, d_out: usize| -> Result<Linear> {
-            Ok(Linear {
-                weight: src
-                    .read_shaped(&name(&format!("{n}.weight")), &[d_in, d_out])?
-                    .into_param(device),
-                bias: Some(
-                    src.read_shaped(&name(&format!("{n}.bias")), &[d_out])?
-                        .into_param(device),
-                ),
-            })
+        let conv1d = |n: &str, d_in: usize, d_out: usize| -> Result<Projection> {
+            Ok(Projection::new(Linear {
+                weight: src.matrix(&name(&format!("{n}.weight")), [d_in, d_out], false, device)?,
+                bias: Some(src.vector(&name(&format!("{n}.bias")), d_out, device)?),
+            }))
         };
         let mut blocks = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
@@ -97,10 +89,17 @@ impl Gpt2 {
         })
     }
 
-    pub fn hidden_states(&self, input_ids: Tensor<2, Int>, mask: &Tensor<4, Bool>) -> Tensor<3> {
+    /// Final hidden states for `input_ids` at positions `cache.len()..`, extending the cache.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        mask: Option<&Tensor<4, Bool>>,
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
         let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
-        let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
+        let start = cache.len() as i64;
+        let positions = Tensor::<1, Int>::arange(start..start + seq as i64, &device)
             .unsqueeze::<2>()
             .expand([batch, seq]);
         let mut x = self.wte.forward(input_ids) + self.wpe.forward(positions);
@@ -120,20 +119,20 @@ impl Gpt2 {
                 .chunk(3, 2)
                 .try_into()
                 .expect("c_attn output splits in three");
-            let attn = scaled_dot_product(
-                split_heads(q, heads),
-                split_heads(k, heads),
-                split_heads(v, heads),
-                mask,
-                scale,
-            );
+            let (k, v) = cache.extend(layer, split_heads(k, heads), split_heads(v, heads));
+            let attn = scaled_dot_product(split_heads(q, heads), k, v, mask, scale);
             x = x + block.attn_proj.forward(merge_heads(attn));
             let mlp = block
                 .mlp_proj
                 .forward(gelu_tanh(block.c_fc.forward(block.ln_2.forward(x.clone()))));
             x = x + mlp;
         }
+        cache.advance(seq);
         self.ln_f.forward(x)
+    }
+
+    pub fn layers(&self) -> usize {
+        self.config.n_layer
     }
 
     /// `[vocab, d_model]`: GPT-2 always ties the output projection to the token embedding.
@@ -149,7 +148,25 @@ impl Gpt2 {
         self.config.n_positions
     }
 
-    /// Every parameter with its Hugging Face name and layout.
+    /// Every projection with its Hugging Face module name (what PEFT's `target_modules` match).
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
+        let p = self.prefix.clone();
+        self.blocks
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, b)| {
+                let h = format!("{p}h.{i}");
+                [
+                    (format!("{h}.attn.c_attn"), &mut b.c_attn),
+                    (format!("{h}.attn.c_proj"), &mut b.attn_proj),
+                    (format!("{h}.mlp.c_fc"), &mut b.c_fc),
+                    (format!("{h}.mlp.c_proj"), &mut b.mlp_proj),
+                ]
+            })
+            .collect()
+    }
+
+    /// Every base parameter with its Hugging Face name and layout (adapters folded in).
     pub fn named_params(&self) -> Vec<NamedParam> {
         let p = &self.prefix;
         let mut out = vec![
@@ -177,13 +194,9 @@ impl Gpt2 {
                 ParamRole::Bias,
             ));
         };
-        let conv = |out: &mut Vec<NamedParam>, n: String, l: &Linear| {
-            out.push(NamedParam::matrix(
-                format!("{n}.weight"),
-                &l.weight,
-                ParamRole::Weight,
-            ));
-            let bias: &Param<Tensor<1>> = l.bias.as_ref().expect("GPT-2 Conv1D has a bias");
+        let conv = |out: &mut Vec<NamedParam>, n: String, l: &Projection| {
+            out.push(NamedParam::projection(format!("{n}.weight"), l, false));
+            let bias: &Param<Tensor<1>> = l.linear.bias.as_ref().expect("GPT-2 Conv1D has a bias");
             out.push(NamedParam::vector(
                 format!("{n}.bias"),
                 bias,

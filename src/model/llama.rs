@@ -1,5 +1,6 @@
 //! Llama (`LlamaForCausalLM`): RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention,
-//! tied or untied lm_head. SmolLM/SmolLM2 and TinyLlama are this architecture.
+//! tied or untied lm_head. SmolLM/SmolLM2 and TinyLlama are this architecture, and Qwen2 is it
+//! with biases on the q/k/v projections (see `qwen2.rs`).
 //!
 //! Hugging Face stores `nn.Linear` weights as `[out, in]`; burn's `Linear` wants `[in, out]`, so
 //! projections are transposed on load and back on export.
@@ -10,6 +11,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::attention::{merge_heads, scaled_dot_product, split_heads};
+use super::cache::KvCache;
+use super::lora::Projection;
 use super::{NamedParam, ParamRole};
 use crate::config::LlamaConfig;
 use crate::error::Result;
@@ -29,53 +32,72 @@ pub struct Llama {
 #[derive(Module, Debug)]
 struct Layer {
     input_layernorm: RmsNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Projection,
+    k_proj: Projection,
+    v_proj: Projection,
+    o_proj: Projection,
     post_attention_layernorm: RmsNorm,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Projection,
+    up_proj: Projection,
+    down_proj: Projection,
+}
+
+/// Which projections carry a bias: Llama's `attention_bias`/`mlp_bias`, or Qwen2's q/k/v only.
+#[derive(Debug, Clone, Copy)]
+pub struct Biases {
+    pub qkv: bool,
+    pub o: bool,
+    pub mlp: bool,
+}
+
+impl Biases {
+    pub fn llama(config: &LlamaConfig) -> Self {
+        Self {
+            qkv: config.attention_bias,
+            o: config.attention_bias,
+            mlp: config.mlp_bias,
+        }
+    }
 }
 
 impl Llama {
-    pub fn load(config: &LlamaConfig, src: &dyn WeightSource, device: &Device) -> Result<Self> {
+    pub fn load(
+        config: &LlamaConfig,
+        biases: Biases,
+        src: &dyn WeightSource,
+        device: &Device,
+    ) -> Result<Self> {
         let hidden = config.hidden_size;
         let q_width = config.num_attention_heads * config.head_dim();
         let kv_width = config.num_kv_heads() * config.head_dim();
         let rms = |n: &str| -> Result<RmsNorm> {
             Ok(RmsNorm {
-                gamma: src.read_shaped(n, &[hidden])?.into_param(device),
+                gamma: src.vector(n, hidden, device)?,
                 epsilon: config.rms_norm_eps,
             })
         };
-        let linear = |n: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear> {
-            let weight = src.read_shaped(&format!("{n}.weight"), &[d_out, d_in])?;
+        let linear = |n: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Projection> {
             let bias = if bias {
-                Some(
-                    src.read_shaped(&format!("{n}.bias"), &[d_out])?
-                        .into_param(device),
-                )
+                Some(src.vector(&format!("{n}.bias"), d_out, device)?)
             } else {
                 None
             };
-            Ok(Linear {
-                weight: weight.transposed().into_param(device),
+            Ok(Projection::new(Linear {
+                weight: src.matrix(&format!("{n}.weight"), [d_out, d_in], true, device)?,
                 bias,
-            })
+            }))
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let l = format!("model.layers.{i}");
-            let (ab, mb) = (config.attention_bias, config.mlp_bias);
+            let (qkv, o, mb) = (biases.qkv, biases.o, biases.mlp);
             let inter = config.intermediate_size;
             layers.push(Layer {
                 input_layernorm: rms(&format!("{l}.input_layernorm.weight"))?,
-                q_proj: linear(&format!("{l}.self_attn.q_proj"), hidden, q_width, ab)?,
-                k_proj: linear(&format!("{l}.self_attn.k_proj"), hidden, kv_width, ab)?,
-                v_proj: linear(&format!("{l}.self_attn.v_proj"), hidden, kv_width, ab)?,
-                o_proj: linear(&format!("{l}.self_attn.o_proj"), q_width, hidden, ab)?,
+                q_proj: linear(&format!("{l}.self_attn.q_proj"), hidden, q_width, qkv)?,
+                k_proj: linear(&format!("{l}.self_attn.k_proj"), hidden, kv_width, qkv)?,
+                v_proj: linear(&format!("{l}.self_attn.v_proj"), hidden, kv_width, qkv)?,
+                o_proj: linear(&format!("{l}.self_attn.o_proj"), q_width, hidden, o)?,
                 post_attention_layernorm: rms(&format!("{l}.post_attention_layernorm.weight"))?,
                 gate_proj: linear(&format!("{l}.mlp.gate_proj"), hidden, inter, mb)?,
                 up_proj: linear(&format!("{l}.mlp.up_proj"), hidden, inter, mb)?,
@@ -85,16 +107,16 @@ impl Llama {
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(
-                src.read_shaped("lm_head.weight", &[config.vocab_size, hidden])?
-                    .into_param(device),
-            )
+            Some(src.matrix("lm_head.weight", [config.vocab_size, hidden], false, device)?)
         };
         Ok(Self {
             embed_tokens: Embedding {
-                weight: src
-                    .read_shaped("model.embed_tokens.weight", &[config.vocab_size, hidden])?
-                    .into_param(device),
+                weight: src.matrix(
+                    "model.embed_tokens.weight",
+                    [config.vocab_size, hidden],
+                    false,
+                    device,
+                )?,
             },
             layers,
             norm: rms("model.norm.weight")?,
@@ -103,22 +125,35 @@ impl Llama {
         })
     }
 
-    pub fn hidden_states(&self, input_ids: Tensor<2, Int>, mask: &Tensor<4, Bool>) -> Tensor<3> {
+    /// Final hidden states for `input_ids` at positions `cache.len()..`, extending the cache.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        mask: Option<&Tensor<4, Bool>>,
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
         let [_, seq] = input_ids.dims();
         let device = input_ids.device();
         let heads = self.config.num_attention_heads;
         let kv_heads = self.config.num_kv_heads();
         let head_dim = self.config.head_dim();
-        let (cos, sin) = rotary_tables(seq, head_dim, self.config.rope_theta(), &device);
+        let (cos, sin) = rotary_tables(
+            cache.len(),
+            seq,
+            head_dim,
+            self.config.rope_theta(),
+            &device,
+        );
         let scale = 1.0 / (head_dim as f64).sqrt();
         let mut x = self.embed_tokens.forward(input_ids);
-        for layer in &self.layers {
+        for (index, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
             let q = split_heads(layer.q_proj.forward(h.clone()), heads);
             let k = split_heads(layer.k_proj.forward(h.clone()), kv_heads);
             let v = split_heads(layer.v_proj.forward(h), kv_heads);
             let q = apply_rotary(q, &cos, &sin);
             let k = apply_rotary(k, &cos, &sin);
+            let (k, v) = cache.extend(index, k, v);
             let k = repeat_kv(k, heads / kv_heads);
             let v = repeat_kv(v, heads / kv_heads);
             let attn = scaled_dot_product(q, k, v, mask, scale);
@@ -127,7 +162,32 @@ impl Llama {
             let gated = silu(layer.gate_proj.forward(h.clone())) * layer.up_proj.forward(h);
             x = x + layer.down_proj.forward(gated);
         }
+        cache.advance(seq);
         self.norm.forward(x)
+    }
+
+    pub fn layers(&self) -> usize {
+        self.config.num_hidden_layers
+    }
+
+    /// Every projection with its Hugging Face module name (what PEFT's `target_modules` match).
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
+        self.layers
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                let p = format!("model.layers.{i}");
+                [
+                    (format!("{p}.self_attn.q_proj"), &mut l.q_proj),
+                    (format!("{p}.self_attn.k_proj"), &mut l.k_proj),
+                    (format!("{p}.self_attn.v_proj"), &mut l.v_proj),
+                    (format!("{p}.self_attn.o_proj"), &mut l.o_proj),
+                    (format!("{p}.mlp.gate_proj"), &mut l.gate_proj),
+                    (format!("{p}.mlp.up_proj"), &mut l.up_proj),
+                    (format!("{p}.mlp.down_proj"), &mut l.down_proj),
+                ]
+            })
+            .collect()
     }
 
     /// `[vocab, hidden]`
@@ -148,9 +208,9 @@ impl Llama {
             &self.embed_tokens.weight,
             ParamRole::Embedding,
         )];
-        let linear = |out: &mut Vec<NamedParam>, n: String, l: &Linear| {
-            out.push(NamedParam::linear(format!("{n}.weight"), &l.weight));
-            if let Some(b) = &l.bias {
+        let linear = |out: &mut Vec<NamedParam>, n: String, l: &Projection| {
+            out.push(NamedParam::projection(format!("{n}.weight"), l, true));
+            if let Some(b) = &l.linear.bias {
                 out.push(NamedParam::vector(format!("{n}.bias"), b, ParamRole::Bias));
             }
         };
@@ -186,10 +246,11 @@ impl Llama {
     }
 }
 
-/// cos/sin tables `[1, 1, seq, head_dim]` in Hugging Face's "rotate half" layout: the frequency
-/// vector is repeated, `cat(freqs, freqs)`. Computed in f64 on the host, like transformers does
-/// in f32 from an exact `inv_freq`.
+/// cos/sin tables `[1, 1, seq, head_dim]` for positions `start..start + seq`, in Hugging Face's
+/// "rotate half" layout: the frequency vector is repeated, `cat(freqs, freqs)`. Computed on the
+/// host in f32 as transformers does.
 fn rotary_tables(
+    start: usize,
     seq: usize,
     head_dim: usize,
     theta: f64,
@@ -202,7 +263,7 @@ fn rotary_tables(
         .collect();
     let mut cos = Vec::with_capacity(seq * head_dim);
     let mut sin = Vec::with_capacity(seq * head_dim);
-    for pos in 0..seq {
+    for pos in start..start + seq {
         for j in 0..head_dim {
             let angle = pos as f32 * inv_freq[j % half];
             cos.push(angle.cos());

