@@ -38,7 +38,16 @@ pub struct SelectedDevice {
 
 fn describe(setup: &burn::tensor::wgpu::WgpuSetup) -> String {
     let info = setup.adapter.get_info();
-    format!("wgpu: {} ({:?})", info.name, info.backend)
+    // Browsers hide the adapter's name; say at least what it is.
+    let name = if info.name.is_empty() {
+        [info.driver.as_str(), info.driver_info.as_str()]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .unwrap_or("adapter name hidden by the browser")
+    } else {
+        info.name.as_str()
+    };
+    format!("wgpu: {name} ({:?})", info.backend)
 }
 
 /// Initialize wgpu asynchronously: the only way in a browser, and fine natively.

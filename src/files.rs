@@ -87,6 +87,9 @@ pub fn load_model_dir_with_ids(
     ids: &HashMap<String, u64>,
     device: &Device,
 ) -> Result<ModelBundle> {
+    if let Some(hub) = dir.to_str().and_then(crate::hub::HubRef::parse) {
+        return load_model_dir_with_ids(&crate::hub::download(&hub?)?, ids, device);
+    }
     if dir.is_file()
         && dir
             .extension()

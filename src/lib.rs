@@ -23,6 +23,8 @@ pub mod weights;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod files;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod hub;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -2,9 +2,12 @@
 //!
 //! burn's built-in `apply_lora` rebuilds the dense weight `W + s·A·B` on every forward; autodiff
 //! then keeps that weight-sized tensor and computes a weight-sized gradient for it before reaching
-//! the factors, so an adapted layer costs as much memory in backward as full fine-tuning. Here the
-//! adapter runs beside the frozen base instead: `x·W + s·(x·A)·B`, whose backward only touches
-//! `[tokens, rank]` intermediates and the factors themselves.
+//! the factors. Here the adapter runs beside the frozen base instead: `x·W + s·(x·A)·B`, whose
+//! backward only touches `[tokens, rank]` intermediates and the factors themselves.
+//! Measured by `benches/dpo_step.rs` (SmolLM2-135M, CPU backend, 4 pairs of ~75 tokens, rank 8):
+//! on q/v the two are close (peak RSS 1737 vs 1777 MiB); on every projection this path needs
+//! 1953 MiB against 2368 MiB and was ~20% faster, and the gap grows with the adapted share of a
+//! model. Full fine-tuning peaked at 3717 MiB.
 //!
 //! Layout: `a` is `[in, rank]`, `b` is `[rank, out]` (burn's `[in, out]` convention). PEFT stores
 //! `lora_A.weight = aᵀ` (`[rank, in]`) and `lora_B.weight = bᵀ` (`[out, rank]`).
