@@ -331,19 +331,12 @@ mod cli {
             let (policy, settings) = load_adapter_dir(model, dir, &device)?;
             (policy, Some(settings))
         } else if let Some(rank) = args.lora_rank {
-            let targets = args
-                .lora_targets
-                .clone()
-                .unwrap_or_else(|| match config.family() {
-                    "gpt2" => vec!["c_attn".into()],
-                    _ => vec!["q_proj".into(), "v_proj".into()],
-                });
-            let settings = LoraSettings {
+            let settings = LoraSettings::new(
                 rank,
-                alpha: args.lora_alpha.unwrap_or(2.0 * rank as f64),
-                targets,
-                use_rslora: false,
-            };
+                args.lora_alpha,
+                args.lora_targets.clone(),
+                config.family(),
+            );
             // The base weights, frozen, are the reference: one model in memory.
             reference = Some(model.valid());
             (

@@ -24,6 +24,24 @@ pub struct LoraSettings {
 }
 
 impl LoraSettings {
+    /// PEFT's defaults where not given: alpha = 2 × rank, targets q_proj/v_proj (GPT-2: c_attn).
+    pub fn new(
+        rank: usize,
+        alpha: Option<f64>,
+        targets: Option<Vec<String>>,
+        family: &str,
+    ) -> Self {
+        Self {
+            rank,
+            alpha: alpha.unwrap_or(2.0 * rank as f64),
+            targets: targets.unwrap_or_else(|| match family {
+                "gpt2" => vec!["c_attn".into()],
+                _ => vec!["q_proj".into(), "v_proj".into()],
+            }),
+            use_rslora: false,
+        }
+    }
+
     pub fn scale(&self) -> f64 {
         if self.use_rslora {
             self.alpha / (self.rank as f64).sqrt()

@@ -443,13 +443,24 @@ impl Trainer {
         }
     }
 
-    fn remember(&mut self, fresh: Fresh, values: &[f32]) {
-        if let Objective::Dpo { ref_logps, .. } = &mut self.objective {
+    /// Read `tensors` back in one transaction, plus fresh reference log-probs, which are cached.
+    async fn read_back_and_remember(
+        &mut self,
+        mut tensors: Vec<Tensor<1>>,
+        fresh: Option<Fresh>,
+    ) -> Result<Vec<Vec<f32>>> {
+        if let Some(f) = &fresh {
+            tensors.push(f.logps.clone());
+        }
+        let data = read_back(tensors).await?;
+        if let (Some(fresh), Objective::Dpo { ref_logps, .. }) = (fresh, &mut self.objective) {
+            let values = data.last().expect("reference log-probs read back");
             let n = fresh.indices.len();
             for (k, &i) in fresh.indices.iter().enumerate() {
                 ref_logps.insert((fresh.split, i), (values[k], values[n + k]));
             }
         }
+        Ok(data)
     }
 
     /// One optimizer step on the next batch.
@@ -475,15 +486,8 @@ impl Trainer {
 
         // One readback per step: statistics, grad norm and (first time only) reference log-probs.
         readback.push(grad_norm);
-        if let Some(f) = &fresh {
-            readback.push(f.logps.clone());
-        }
-        let data = read_back(readback).await?;
+        let data = self.read_back_and_remember(readback, fresh).await?;
         let metrics = to_metrics(&data);
-        if let Some(f) = fresh {
-            let values = data.last().expect("reference log-probs read back").clone();
-            self.remember(f, &values);
-        }
         self.progress.step += 1;
         Ok(StepReport {
             step: self.progress.step,
@@ -521,16 +525,9 @@ impl Trainer {
         let mut last = None;
         for start in (0..len).step_by(batch_size) {
             let indices: Vec<usize> = (start..(start + batch_size).min(len)).collect();
-            let (_, mut readback, to_metrics, fresh) = self.forward(&policy, Split::Eval, &indices);
-            if let Some(f) = &fresh {
-                readback.push(f.logps.clone());
-            }
-            let data = read_back(readback).await?;
+            let (_, readback, to_metrics, fresh) = self.forward(&policy, Split::Eval, &indices);
+            let data = self.read_back_and_remember(readback, fresh).await?;
             let metrics = to_metrics(&data);
-            if let Some(f) = fresh {
-                let values = data.last().expect("reference log-probs read back").clone();
-                self.remember(f, &values);
-            }
             match &metrics {
                 Metrics::Dpo(m) => acc.add(m, indices.len()),
                 Metrics::Sft(m) => acc.add(m, indices.len()),

@@ -300,17 +300,12 @@ impl Trainer {
             } = bundle;
             let (policy, reference, lora) = match options.lora_rank {
                 Some(rank) => {
-                    let settings = LoraSettings {
+                    let settings = LoraSettings::new(
                         rank,
-                        alpha: options.lora_alpha.unwrap_or(2.0 * rank as f64),
-                        targets: options.lora_targets.clone().unwrap_or_else(|| {
-                            match config.family() {
-                                "gpt2" => vec!["c_attn".into()],
-                                _ => vec!["q_proj".into(), "v_proj".into()],
-                            }
-                        }),
-                        use_rslora: false,
-                    };
+                        options.lora_alpha,
+                        options.lora_targets.clone(),
+                        config.family(),
+                    );
                     let reference = model.valid();
                     let policy = peft::attach(model, &settings, train_options.seed, &device)
                         .map_err(js_error)?;
