@@ -489,6 +489,8 @@ impl Trainer {
                 let mut stream = TextStream::new(tokenizer);
                 let mut text = String::new();
                 let started = web_time::Instant::now();
+                // `onToken` returning `false` (or throwing) stops generation after that token.
+                let mut keep_going = true;
                 let new_tokens = generate(
                     &policy,
                     &prompt_ids,
@@ -499,14 +501,15 @@ impl Trainer {
                         if let Ok(delta) = stream.push(token) {
                             text.push_str(&delta);
                             if let Some(f) = &on_token {
-                                let _ = f.call2(
-                                    &JsValue::NULL,
-                                    &JsValue::from_str(&delta),
-                                    &JsValue::from(token),
-                                );
+                                let delta = JsValue::from_str(&delta);
+                                match f.call2(&JsValue::NULL, &delta, &JsValue::from(token)) {
+                                    Ok(v) if v.as_bool() == Some(false) => keep_going = false,
+                                    Err(_) => keep_going = false,
+                                    Ok(_) => {}
+                                }
                             }
                         }
-                        true
+                        keep_going
                     },
                 )
                 .await

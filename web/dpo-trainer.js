@@ -1,9 +1,11 @@
 /**
- * dpo-trainer.js — DPO (Direct Preference Optimization) fine-tuning on WebGPU, in a Web Worker.
+ * dpo-trainer.js — DPO (Direct Preference Optimization) and SFT fine-tuning on WebGPU, in a Web
+ * Worker, plus text generation from the model being trained.
  *
  * An ES module with no dependencies. It spawns `worker.js` (next to this file) as a module
  * worker; the worker loads `dpo-wgpu.js` + `dpo-wgpu_bg.wasm` (by default from the folder above
- * this file, i.e. the root of trunk's `dist/`) and runs all training off the main thread.
+ * this file, i.e. the root of trunk's `dist/`) and runs all training and generation off the main
+ * thread.
  *
  * @example
  * import { DpoTrainer } from "https://example.org/dpo/web/dpo-trainer.js";
@@ -17,18 +19,32 @@
  *   signal: abortController.signal,                    // optional: stop between steps
  * });
  * const after = await trainer.evaluate();
+ * const out = await trainer.generate("write a happy line about the park :", {
+ *   maxNewTokens: 16,                                  // greedy unless temperature > 0
+ *   onToken: (delta, tokenId) => outputElement.append(delta),
+ * });
+ * console.log(out.text, out.tokensPerSecond);
  * const files = await trainer.exportModel();           // { "config.json": Uint8Array, ... }
  * trainer.terminate();
  *
- * // Your own model: Hugging Face texts + safetensors bytes, and preference pairs.
+ * // A model from a URL: a Hugging Face folder, a Hub repository, or a GGUF file.
  * const t2 = await DpoTrainer.create({
- *   model: { config: configJsonText, tokenizer: tokenizerJsonText, tokenizerConfig: tokCfgText },
- *   weights: safetensorsUint8Array,                      // copied to the worker
+ *   modelUrl: "hf:HuggingFaceTB/SmolLM2-135M-Instruct",   // or "https://host/dir/", ".../x.gguf"
+ *   onProgress: ({ file, loaded, total }) => console.log(file, loaded, total),
  *   trainData: jsonlText,                                // or [{ prompt, chosen, rejected }, ...]
  *   evalData: evalJsonlText,
+ *   loraRank: 8,                                         // optional: train LoRA adapters
  *   optimizer: "adamw", lr: 5e-6, lrScheduler: "linear", warmupSteps: 0, batchSize: 4,
  *   epochs: 1, maxSteps: 100, beta: 0.1, maxLength: 256, seed: 42, maxGradNorm: 1,
  *   weightDecay: 0, evalBatchSize: 8,
+ * });
+ *
+ * // Or the files yourself: Hugging Face texts + safetensors bytes (or GGUF bytes alone).
+ * const t3 = await DpoTrainer.create({
+ *   model: { config: configJsonText, tokenizer: tokenizerJsonText, tokenizerConfig: tokCfgText },
+ *   weights: safetensorsUint8Array,                      // copied to the worker
+ *   task: "sft",
+ *   trainData: [{ prompt: "Q: 2+2?", completion: " 4" }],  // or { messages: [...] }, { text }
  * });
  *
  * Where the files are (all optional; relative URLs resolve against the embedding document):
@@ -38,26 +54,81 @@
  *   workerUrl the worker script (default: new URL("./worker.js", import.meta.url)); a worker on
  *             another origin is started through a same-origin blob: shim (needs CORS on that host)
  *
+ * Options of DpoTrainer.create (all optional; with no model and no trainData: the demo)
+ *   The model, one of:
+ *   modelUrl    where to download the model from, inside the worker (no copy on the page):
+ *               - "https://host/dir/" (or a relative URL) of a Hugging Face model folder:
+ *                 config.json and tokenizer.json are required; tokenizer_config.json,
+ *                 generation_config.json and chat_template.jinja are used when present (a 404
+ *                 means absent); the weights are model.safetensors, or when that is a 404 the one
+ *                 file listed in model.safetensors.index.json. Checkpoints sharded over several
+ *                 files are rejected ("sharded checkpoints are not supported in the browser yet").
+ *               - a URL ending in ".gguf": that one file (it carries config and tokenizer).
+ *               - "hf:OWNER/NAME[@REVISION]" or "hf:OWNER/NAME/FILE.gguf[@REVISION]" (as the CLI
+ *                 reads them; a PATH not ending in .gguf is a subfolder): the Hugging Face Hub,
+ *                 https://huggingface.co/OWNER/NAME/resolve/REVISION/[PATH] (REVISION: main by
+ *                 default). Only public, non-gated repositories work: no access token is sent.
+ *               The host must allow cross-origin GETs (huggingface.co does). Texts given in
+ *               `model` override the fetched ones (e.g. model.chatTemplate).
+ *   onProgress  ({ file, url, loaded, total }) => void, while modelUrl files download: file is
+ *               the file name, loaded and total are bytes (total null when the server gives no
+ *               Content-Length); called at start, about every 100 ms, and at the end (loaded ==
+ *               total)
+ *   model       { config, tokenizer, tokenizerConfig?, generationConfig?, chatTemplate? } texts,
+ *               with safetensors `weights` (not needed with GGUF weights)
+ *   weights     Uint8Array/ArrayBuffer: model.safetensors, or a whole .gguf file (detected by its
+ *               magic); copied to the worker
+ *   The data and training:
+ *   task        "dpo" (default) or "sft"
+ *   trainData, evalData   JSONL text or an array of rows: DPO { prompt, chosen, rejected };
+ *               SFT { prompt, completion }, { messages: [{ role, content }, ...] } or { text }
+ *   optimizer ("adamw" | "sgd"), lr, lrScheduler ("constant" | "linear" | "cosine"), warmupSteps,
+ *   batchSize, epochs, maxSteps, beta, maxLength, seed, maxGradNorm, weightDecay, evalBatchSize
+ *   loraRank    train LoRA adapters of this rank instead of every weight (the frozen base is the
+ *               DPO reference); loraAlpha (default 2 * rank), loraTargets (default ["q_proj",
+ *               "v_proj"], GPT-2 ["c_attn"]); mergeLora: exportModel returns the merged model
+ *               instead of the PEFT adapter
+ *
  * API
  *   DpoTrainer.create(options) -> Promise<DpoTrainer>   rejects with a WebGpuUnavailableError when
- *                                                       navigator.gpu is missing or no adapter exists
+ *                                                       navigator.gpu is missing or no adapter
+ *                                                       exists, or with an Error naming the URL
+ *                                                       when a modelUrl download fails
  *   trainer.train({ steps?, onStep?, signal? }) -> Promise<StepReport[]>
  *       runs up to `steps` steps (default and cap: the steps left in the schedule), awaiting
  *       onStep(report) after each; an aborted `signal` stops between steps and the promise resolves
  *       with the reports done so far
- *   trainer.step() -> Promise<StepReport>   one step: { step, total_steps, epoch, loss,
- *       "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
- *       "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", grad_norm,
- *       learning_rate, seconds }
+ *   trainer.step() -> Promise<StepReport>   one step: { step, total_steps, epoch, loss, grad_norm,
+ *       learning_rate, seconds } and the task's TRL metrics: DPO "rewards/chosen",
+ *       "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+ *       "logps/rejected", "logits/chosen", "logits/rejected"; SFT mean_token_accuracy, entropy
  *   trainer.evaluate() -> Promise<metrics | null>        (null without evaluation data)
+ *   trainer.generate(prompt, { maxNewTokens?, temperature?, topK?, topP?, seed?, chat?, system?,
+ *                              onToken?, signal? })
+ *       -> Promise<{ text, promptTokens, newTokens, seconds, tokensPerSecond, aborted }>
+ *       continues `prompt` with the current policy (KV cache; stops at one of the model's EOS
+ *       tokens (generation_config.json or config.json, and the tokenizer's), or after
+ *       maxNewTokens, default 64; for GPT-2, prompt + maxNewTokens must fit n_positions).
+ *       temperature 0 (default) is greedy; otherwise sampling with optional topK / topP,
+ *       reproducible by `seed` (default 0). chat: true wraps the prompt as a user message (after
+ *       `system`, if given) in the model's chat template. newTokens are the
+ *       new token ids (an EOS that stopped it included); text is their decoded text without
+ *       special tokens. onToken(textDelta, tokenId) is called once per new token, in order, as
+ *       the worker produces it (a delta may be "" while a UTF-8 character is incomplete), and the
+ *       deltas concatenate to `text`. An aborted `signal` asks the worker to stop after the token
+ *       in progress; the promise then resolves with the tokens so far and aborted: true.
  *   trainer.exportModel() -> Promise<{ [fileName]: Uint8Array }>  config.json, model.safetensors,
- *       tokenizer.json, ...
- *   trainer.info() -> Promise<{ device, family, demo, trainPairs, evalPairs, totalSteps,
- *       stepsDone, options }>
+ *       tokenizer.json, ...; with loraRank (and not mergeLora) adapter_config.json,
+ *       adapter_model.safetensors and the tokenizer files (a PEFT adapter)
+ *   trainer.info() -> Promise<{ device, family, task, demo, lora, trainExamples, evalExamples,
+ *       trainPairs, evalPairs, totalSteps, stepsDone, options }>   (trainPairs/evalPairs: older
+ *       names of trainExamples/evalExamples; lora: { rank, alpha, targets, ... } or null)
  *   trainer.terminate()                                  stops the worker; later calls reject
  *   checkWebGPU() -> Promise<{ ok: true, adapter } | { ok: false, reason }>
+ *   resolveModelUrl(modelUrl, base?) -> string           the URL a modelUrl downloads from
  *
- * Calls are queued: one runs at a time in the worker. After a crash in the worker (a Rust panic)
+ * Calls are queued: one runs at a time in the worker. An exception thrown by onProgress or onToken
+ * rejects the call it belongs to (generation stops). After a crash in the worker (a Rust panic)
  * every pending and later call rejects with the crash message.
  */
 
@@ -117,6 +188,52 @@ function documentBase() {
   return typeof document !== "undefined" ? document.baseURI : self.location.href;
 }
 
+/**
+ * The URL a `modelUrl` option downloads from: "hf:OWNER/NAME[/PATH][@REVISION]" becomes
+ * https://huggingface.co/OWNER/NAME/resolve/REVISION/[PATH] (REVISION: main), a folder gets a
+ * trailing "/", a relative URL resolves against `base` (default: the document's URL).
+ * @param {string} modelUrl
+ * @param {string} [base]
+ * @returns {string}
+ */
+export function resolveModelUrl(modelUrl, base = documentBase()) {
+  const spec = String(modelUrl).trim();
+  let url;
+  if (/^hf:/i.test(spec)) {
+    // As the CLI reads it: everything after the first "@" is the revision.
+    const at = spec.indexOf("@");
+    const where = at < 0 ? spec.slice(3) : spec.slice(3, at);
+    const revision = at < 0 ? "main" : spec.slice(at + 1);
+    const parts = where.split("/").filter(Boolean);
+    if (parts.length < 2 || !revision || !parts.every((p) => /^[\w.-]+$/.test(p))) {
+      throw new TypeError(
+        `modelUrl ${JSON.stringify(spec)}: expected "hf:OWNER/NAME[@REVISION]" or "hf:OWNER/NAME/FILE.gguf[@REVISION]"`,
+      );
+    }
+    const [owner, name, ...sub] = parts;
+    const rev = encodeURIComponent(decodeURIComponent(revision));
+    url = `https://huggingface.co/${owner}/${name}/resolve/${rev}/${sub.join("/")}`;
+  } else {
+    url = resolveUrl(spec, base);
+  }
+  const { pathname } = new URL(url);
+  if (!/\.gguf$/i.test(pathname) && !url.endsWith("/")) {
+    const parsed = new URL(url);
+    parsed.pathname += "/";
+    url = parsed.href;
+  }
+  return url;
+}
+
+/** A copy of `obj` without its undefined and null properties (the wasm side reads them strictly). */
+function defined(obj) {
+  const out = {};
+  for (const [key, value] of Object.entries(obj ?? {})) {
+    if (value !== undefined && value !== null) out[key] = value;
+  }
+  return out;
+}
+
 function spawnWorker(workerUrl) {
   const url = new URL(workerUrl);
   if (url.origin === self.location.origin) {
@@ -149,15 +266,20 @@ export class DpoTrainer {
 
   /**
    * Starts a worker, loads the wasm and creates the trainer (demo when no model/trainData).
-   * @param {object} [options] trainer options (see the header) plus weights, baseUrl, jsUrl,
-   *   wasmUrl, workerUrl
+   * @param {object} [options] trainer options (see the header) plus modelUrl, onProgress,
+   *   weights, baseUrl, jsUrl, wasmUrl, workerUrl
    * @returns {Promise<DpoTrainer>}
    */
   static async create(options = {}) {
-    const { weights, baseUrl, jsUrl, wasmUrl, workerUrl, ...trainerOptions } = options;
+    const { weights, modelUrl, onProgress, baseUrl, jsUrl, wasmUrl, workerUrl, ...trainerOptions } =
+      options ?? {};
+    if (modelUrl != null && weights != null) {
+      throw new TypeError("pass either modelUrl or weights, not both");
+    }
+    const docBase = documentBase();
+    const modelSource = modelUrl != null ? resolveModelUrl(modelUrl, docBase) : null;
     const gpu = await checkWebGPU();
     if (!gpu.ok) throw new WebGpuUnavailableError(gpu.reason);
-    const docBase = documentBase();
     const base = baseUrl != null ? resolveUrl(baseUrl, docBase) : new URL("../", import.meta.url).href;
     const baseDir = base.endsWith("/") ? base : `${base}/`;
     const worker = spawnWorker(
@@ -165,12 +287,23 @@ export class DpoTrainer {
     );
     const trainer = new DpoTrainer(worker);
     try {
-      trainer._info = await trainer._call("init", {
-        jsUrl: jsUrl != null ? resolveUrl(jsUrl, docBase) : resolveUrl("dpo-wgpu.js", baseDir),
-        wasmUrl: wasmUrl != null ? resolveUrl(wasmUrl, docBase) : resolveUrl("dpo-wgpu_bg.wasm", baseDir),
-        options: trainerOptions,
-        weights: weights ?? null,
-      });
+      trainer._info = await trainer._call(
+        "init",
+        {
+          jsUrl: jsUrl != null ? resolveUrl(jsUrl, docBase) : resolveUrl("dpo-wgpu.js", baseDir),
+          wasmUrl: wasmUrl != null ? resolveUrl(wasmUrl, docBase) : resolveUrl("dpo-wgpu_bg.wasm", baseDir),
+          options: defined(trainerOptions),
+          weights: weights ?? null,
+          modelUrl: modelSource,
+        },
+        {
+          onEvent: (m) => {
+            if (m.type === "progress" && onProgress) {
+              onProgress({ file: m.file, url: m.url, loaded: m.loaded, total: m.total });
+            }
+          },
+        },
+      );
     } catch (err) {
       trainer.terminate();
       throw err;
@@ -207,12 +340,41 @@ export class DpoTrainer {
     return this._call("evaluate");
   }
 
-  /** The current model as Hugging Face files. @returns {Promise<Record<string, Uint8Array>>} */
+  /**
+   * Continues `prompt` with the current policy, streaming tokens to `onToken`.
+   * @param {string} prompt
+   * @param {{maxNewTokens?: number, temperature?: number, topK?: number, topP?: number,
+   *   seed?: number, chat?: boolean, system?: string,
+   *   onToken?: (textDelta: string, tokenId: number) => void, signal?: AbortSignal}} [opts]
+   * @returns {Promise<{text: string, promptTokens: number, newTokens: number[], seconds: number,
+   *   tokensPerSecond: number, aborted: boolean}>}
+   */
+  async generate(prompt, { onToken, signal, ...options } = {}) {
+    const result = await this._call(
+      "generate",
+      { prompt: String(prompt), options: defined(options) },
+      {
+        signal,
+        onEvent: (m) => {
+          if (m.type === "token" && onToken) onToken(m.delta, m.token);
+        },
+      },
+    );
+    return { ...result, aborted: Boolean(signal?.aborted) };
+  }
+
+  /**
+   * The current model as files: a Hugging Face model folder, or with loraRank (and not
+   * mergeLora) a PEFT adapter. @returns {Promise<Record<string, Uint8Array>>}
+   */
   exportModel() {
     return this._call("exportModel");
   }
 
-  /** @returns {Promise<object>} device, family, demo, trainPairs, evalPairs, totalSteps, stepsDone, options */
+  /**
+   * @returns {Promise<object>} device, family, task, demo, lora, trainExamples, evalExamples,
+   *   trainPairs, evalPairs, totalSteps, stepsDone, options
+   */
   info() {
     return this._call("info");
   }
@@ -223,18 +385,53 @@ export class DpoTrainer {
     this._die("the trainer was terminated");
   }
 
-  _call(method, params) {
+  /**
+   * Queues `method`. `onEvent(message)` receives the worker's progress/token messages for this
+   * call; an exception it throws rejects the call (and cancels a generation). An aborted `signal`
+   * sends the worker a cancel for this call.
+   */
+  _call(method, params, { onEvent, signal } = {}) {
     // One call at a time: the wasm Trainer rejects overlapping calls as "busy".
     const run = () => {
       if (this._dead) return Promise.reject(new Error(this._dead));
       return new Promise((resolve, reject) => {
         const id = this._nextId++;
-        this._pending.set(id, { resolve, reject });
+        const cancel = () => {
+          if (this._pending.has(id)) this._worker.postMessage({ type: "cancel", target: id });
+        };
+        const done = () => signal?.removeEventListener("abort", cancel);
+        const entry = {
+          resolve: (value) => {
+            done();
+            if (entry.callbackError) reject(entry.callbackError);
+            else resolve(value);
+          },
+          reject: (err) => {
+            done();
+            reject(entry.callbackError ?? err);
+          },
+          onEvent: (message) => {
+            if (!onEvent || entry.callbackError) return;
+            try {
+              onEvent(message);
+            } catch (err) {
+              entry.callbackError = err;
+              cancel();
+            }
+          },
+          callbackError: null,
+        };
+        this._pending.set(id, entry);
         try {
           this._worker.postMessage({ id, method, params });
         } catch (err) {
           this._pending.delete(id);
           reject(err);
+          return;
+        }
+        if (signal) {
+          if (signal.aborted) cancel();
+          else signal.addEventListener("abort", cancel, { once: true });
         }
       });
     };
@@ -251,6 +448,10 @@ export class DpoTrainer {
     }
     const entry = this._pending.get(data?.id);
     if (!entry) return;
+    if (data.type === "progress" || data.type === "token") {
+      entry.onEvent(data);
+      return;
+    }
     this._pending.delete(data.id);
     if (data.ok) entry.resolve(data.result);
     else entry.reject(new Error(data.error));

@@ -4,13 +4,20 @@
 //
 // Protocol (structured-clone messages):
 //   page -> worker  { id, method, params }
+//   page -> worker  { type: "cancel", target: id }      (unanswered: asks the generate call `id`
+//                                                       to stop after the token in progress)
 //   worker -> page  { id, ok: true, result } | { id, ok: false, error: string }
+//   worker -> page  { type: "progress", id, file, url, loaded, total }   (during init with a
+//                                                       modelUrl; total is null when unknown)
+//   worker -> page  { type: "token", id, delta, token }  (during generate, one per new token)
 //   worker -> page  { type: "fatal", error: string }   (unsolicited: a Rust panic / uncaught
 //                                                       error; the instance is unusable after it)
 // Methods:
-//   init { jsUrl, wasmUrl, options, weights? } -> info   (loads the wasm, Trainer.create)
+//   init { jsUrl, wasmUrl, options, weights?, modelUrl? } -> info   (loads the wasm, fetches the
+//        model files when modelUrl is given, Trainer.create)
 //   step -> StepReport
 //   evaluate -> metrics | null
+//   generate { prompt, options } -> { text, promptTokens, newTokens, seconds, tokensPerSecond }
 //   exportModel -> { [fileName]: Uint8Array }            (buffers are transferred)
 //   info -> info
 // Calls are answered in order; the page side sends one at a time.
@@ -19,6 +26,7 @@ let trainer = null;
 let fatalError = null;
 let lastConsoleError = "";
 const inFlight = new Set();
+const cancelled = new Set();
 
 // console_error_panic_hook reports a Rust panic through console.error just before the wasm
 // traps with an uninformative "unreachable"; keep the text so the page gets the real reason.
@@ -63,20 +71,212 @@ function need() {
   return trainer;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Model files from a URL (see "Loading a model from a URL" in web/dpo-trainer.js).
+
+class NotFound extends Error {}
+
+/**
+ * GETs `url` into a Uint8Array (or text), reporting progress. A 404 throws NotFound; other
+ * failures throw an Error naming the URL.
+ */
+async function download(url, file, onProgress, { text = false } = {}) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (err) {
+    throw new Error(
+      `could not fetch ${url}: ${message(err)} (network error, or the server does not allow ` +
+        "cross-origin requests (CORS))",
+    );
+  }
+  if (response.status === 404) {
+    response.body?.cancel().catch(() => {});
+    throw new NotFound(`${url}: 404 Not Found`);
+  }
+  if (!response.ok) {
+    response.body?.cancel().catch(() => {});
+    const hint =
+      response.status === 401 || response.status === 403
+        ? " (on huggingface.co: the repository or file does not exist, is private, or is gated; " +
+          "the browser sends no access token)"
+        : "";
+    throw new Error(`could not fetch ${url}: HTTP ${response.status} ${response.statusText}${hint}`);
+  }
+  const header = Number(response.headers.get("content-length"));
+  // With a Content-Encoding the header counts compressed bytes: it is only a size hint.
+  let total = Number.isFinite(header) && header > 0 ? header : null;
+  let buffer = new Uint8Array(total ?? 1 << 20);
+  let loaded = 0;
+  let lastReport = 0;
+  const report = (force) => {
+    const now = Date.now();
+    if (!force && now - lastReport < 100) return;
+    lastReport = now;
+    onProgress({ file, url, loaded, total });
+  };
+  report(true);
+  if (response.body) {
+    const reader = response.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (loaded + value.length > buffer.length) {
+        // More bytes than announced (or no announcement): grow geometrically.
+        const grown = new Uint8Array(Math.max(loaded + value.length, buffer.length * 2));
+        grown.set(buffer.subarray(0, loaded));
+        buffer = grown;
+        if (total !== null && loaded + value.length > total) total = null;
+      }
+      buffer.set(value, loaded);
+      loaded += value.length;
+      report(false);
+    }
+  } else {
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    buffer = bytes;
+    loaded = bytes.length;
+  }
+  total = loaded;
+  report(true);
+  if (loaded !== buffer.length) buffer = buffer.slice(0, loaded);
+  return text ? new TextDecoder().decode(buffer) : buffer;
+}
+
+async function optional(promise) {
+  try {
+    return await promise;
+  } catch (err) {
+    if (err instanceof NotFound) return null;
+    throw err;
+  }
+}
+
+/**
+ * Fetches a model from `url`: a `.gguf` file (-> { weights }), or a Hugging Face model folder
+ * (-> { model: texts, weights: model.safetensors bytes }).
+ */
+async function fetchModel(url, onProgress) {
+  const { pathname } = new URL(url);
+  if (/\.gguf$/i.test(pathname)) {
+    try {
+      return { weights: await download(url, decodeURIComponent(pathname.split("/").pop()), onProgress) };
+    } catch (err) {
+      if (err instanceof NotFound) throw new Error(`model file not found: ${url} (404)`);
+      throw err;
+    }
+  }
+  const dir = url.endsWith("/") ? url : `${url}/`;
+  const at = (name) => new URL(name, dir).href;
+  const text = (name) => download(at(name), name, onProgress, { text: true });
+  const required = async (name) => {
+    try {
+      return await text(name);
+    } catch (err) {
+      if (err instanceof NotFound) {
+        throw new Error(`${name} not found at ${at(name)} (404): modelUrl must be a Hugging Face model folder`);
+      }
+      throw err;
+    }
+  };
+  // In parallel; on failure, the first file's error in this order (not the first to arrive).
+  const settled = await Promise.allSettled([
+    required("config.json"),
+    required("tokenizer.json"),
+    optional(text("tokenizer_config.json")),
+    optional(text("generation_config.json")),
+    optional(text("chat_template.jinja")),
+  ]);
+  const failed = settled.find((s) => s.status === "rejected");
+  if (failed) throw failed.reason;
+  const [config, tokenizer, tokenizerConfig, generationConfig, chatTemplate] = settled.map((s) => s.value);
+  const model = { config, tokenizer };
+  if (tokenizerConfig != null) model.tokenizerConfig = tokenizerConfig;
+  if (generationConfig != null) model.generationConfig = generationConfig;
+  if (chatTemplate != null) model.chatTemplate = chatTemplate;
+
+  let weights = await optional(download(at("model.safetensors"), "model.safetensors", onProgress));
+  if (weights == null) {
+    const indexText = await optional(text("model.safetensors.index.json"));
+    if (indexText == null) {
+      throw new Error(
+        `no weights at ${dir}: neither model.safetensors nor model.safetensors.index.json exists ` +
+          "(404); a .gguf file URL also works as modelUrl",
+      );
+    }
+    let shards;
+    try {
+      shards = [...new Set(Object.values(JSON.parse(indexText).weight_map ?? {}))];
+    } catch (err) {
+      throw new Error(`${at("model.safetensors.index.json")}: not valid JSON (${message(err)})`);
+    }
+    if (shards.length === 0) {
+      throw new Error(`${at("model.safetensors.index.json")} lists no weight files (empty weight_map)`);
+    }
+    if (shards.length > 1) {
+      throw new Error(
+        `sharded checkpoints are not supported in the browser yet: ${dir} splits its weights ` +
+          `into ${shards.length} files (${shards.join(", ")}) listed in model.safetensors.index.json; ` +
+          "use a model with a single model.safetensors, or a .gguf file",
+      );
+    }
+    try {
+      weights = await download(at(shards[0]), shards[0], onProgress);
+    } catch (err) {
+      if (err instanceof NotFound) {
+        throw new Error(`${shards[0]} (named in model.safetensors.index.json) not found at ${at(shards[0])} (404)`);
+      }
+      throw err;
+    }
+  }
+  return { model, weights };
+}
+
+// ---------------------------------------------------------------------------------------------
+
 const methods = {
-  async init({ jsUrl, wasmUrl, options, weights }) {
+  async init({ jsUrl, wasmUrl, options, weights, modelUrl }, id) {
     if (trainer) throw new Error("already initialized");
     if (!self.navigator.gpu) {
       throw new Error("WebGPU is not available in this worker (navigator.gpu is missing)");
     }
     const wasm = await import(jsUrl);
-    await wasm.default({ module_or_path: wasmUrl });
-    trainer = await wasm.Trainer.create(options ?? {}, weights ?? undefined);
+    // Compile the module while the model downloads.
+    const [fetched] = await Promise.all([
+      modelUrl
+        ? fetchModel(modelUrl, (p) => self.postMessage({ type: "progress", id, ...p }))
+        : Promise.resolve(null),
+      wasm.default({ module_or_path: wasmUrl }),
+    ]);
+    let opts = options ?? {};
+    if (fetched) {
+      // Texts given in options.model (e.g. a chatTemplate) take precedence over fetched ones.
+      opts = fetched.model ? { ...opts, model: { ...fetched.model, ...(opts.model ?? {}) } } : opts;
+      weights = fetched.weights;
+    }
+    if (weights instanceof ArrayBuffer) weights = new Uint8Array(weights);
+    else if (ArrayBuffer.isView(weights) && !(weights instanceof Uint8Array)) {
+      weights = new Uint8Array(weights.buffer, weights.byteOffset, weights.byteLength);
+    }
+    trainer = await wasm.Trainer.create(opts, weights ?? undefined);
     return trainer.info();
   },
   step: () => need().step(),
   evaluate: () => need().evaluate(),
   info: () => need().info(),
+  async generate({ prompt, options }, id) {
+    // The wasm calls onToken synchronously for each new token: post it at once. Answering false
+    // (the page cancelled this call) asks Trainer.generate to stop after this token.
+    const onToken = (delta, token) => {
+      self.postMessage({ type: "token", id, delta, token });
+      return !cancelled.has(id);
+    };
+    try {
+      return await need().generate(String(prompt ?? ""), options ?? {}, onToken);
+    } finally {
+      cancelled.delete(id);
+    }
+  },
   async exportModel() {
     const files = await need().exportModel();
     const out = {};
@@ -90,7 +290,12 @@ const methods = {
 };
 
 self.addEventListener("message", async (event) => {
-  const { id, method, params } = event.data ?? {};
+  const data = event.data ?? {};
+  if (data.type === "cancel") {
+    if (inFlight.has(data.target)) cancelled.add(data.target);
+    return;
+  }
+  const { id, method, params } = data;
   if (fatalError) {
     self.postMessage({ id, ok: false, error: fatalError });
     return;
@@ -102,7 +307,7 @@ self.addEventListener("message", async (event) => {
   }
   inFlight.add(id);
   try {
-    let result = await fn(params ?? {});
+    let result = await fn(params ?? {}, id);
     let transfer = [];
     if (method === "exportModel") ({ result, transfer } = result);
     if (!inFlight.delete(id)) return; // already answered by fail()

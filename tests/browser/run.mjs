@@ -4,9 +4,17 @@
 //   scripts/build-web.sh && node tests/browser/run.mjs
 //
 // Tests:
-//   1. /?autorun=1&steps=S   the demo page trains S steps in its worker; loss must go down
-//   2. /examples/embed.html  the embeddable module: train, evaluate, export the model
-//   3. no WebGPU             a browser without --enable-unsafe-webgpu shows the clear message,
+//   1. /?autorun=1&steps=S&generate=1   the demo page trains S steps in its worker (loss must go
+//                            down), then generates from the demo prompt
+//   2. /examples/embed.html  the embeddable module: train, evaluate, generate (streamed), export
+//   3. modelUrl              DpoTrainer.create({ modelUrl: "/fixtures/llama/policy/" }) downloads
+//                            the tiny random Llama of tests/fixtures (served under /fixtures/);
+//                            greedy generation before training equals transformers' token ids
+//                            (tests/fixtures/llama/model_expected.json), 2 DPO steps on
+//                            tests/fixtures/data.jsonl, then a LoRA run exports a PEFT adapter
+//   4. modelUrl errors       a folder without config.json, and a sharded checkpoint, are
+//                            rejected with clear messages
+//   5. no WebGPU             a browser without --enable-unsafe-webgpu shows the clear message,
 //                            and DpoTrainer.create() rejects with WebGpuUnavailableError
 // Prints "<n> passed, <m> failed" last; exits non-zero on any failure. Everything is bounded
 // by timeouts.
@@ -16,9 +24,10 @@
 //   CHROMIUM            browser binary (default: /usr/bin/chromium)
 //   DPO_TEST_STEPS      steps for test 1 (default 12)
 //   DPO_EMBED_STEPS     steps for test 2 (default 8)
-//   DPO_TEST_TIMEOUT_S  limit for test 1 in seconds (default 480); test 2 gets the same
+//   DPO_TEST_TIMEOUT_S  limit for test 1 in seconds (default 480); tests 2 and 3 get the same
 //   DPO_TOTAL_TIMEOUT_S hard limit for the whole run (default 1500)
 //   DPO_VERBOSE=1       also forward the browser's console.log/info lines
+//   DPO_ONLY            comma-separated test numbers to run (e.g. "3,4"); the others are skipped
 
 import http from "node:http";
 import fs from "node:fs";
@@ -28,12 +37,15 @@ import { chromium } from "playwright-core";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const DIST = path.resolve(process.env.DPO_DIST ?? path.join(root, "dist"));
+const FIXTURES = path.join(root, "tests", "fixtures");
+const TEST_COUNT = 5;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const STEPS = Number(process.env.DPO_TEST_STEPS ?? 12);
 const EMBED_STEPS = Number(process.env.DPO_EMBED_STEPS ?? 8);
 const TEST_TIMEOUT_S = Number(process.env.DPO_TEST_TIMEOUT_S ?? 480);
 const TOTAL_TIMEOUT_S = Number(process.env.DPO_TOTAL_TIMEOUT_S ?? 1500);
 const VERBOSE = process.env.DPO_VERBOSE === "1";
+const ONLY = process.env.DPO_ONLY ? new Set(process.env.DPO_ONLY.split(",").map((x) => Number(x.trim()))) : null;
 
 const BASE_ARGS = [
   "--headless=new",
@@ -54,12 +66,13 @@ const log = (...a) => console.log(`[${elapsed()}s]`, ...a);
 // Hard stop: whatever hangs, the run ends.
 const watchdog = setTimeout(() => {
   console.log(`FAIL: the whole run exceeded ${TOTAL_TIMEOUT_S} s; aborting`);
-  console.log("0 passed, 3 failed");
+  console.log(`0 passed, ${TEST_COUNT} failed`);
   process.exit(2);
 }, TOTAL_TIMEOUT_S * 1000);
 
 // ---------------------------------------------------------------------------------------------
-// Static file server over dist/.
+// Static file server: dist/ at /, tests/fixtures at /fixtures/, and a few generated files under
+// /__test__/ (a blank page to run module code in, and a fake sharded checkpoint).
 
 const MIME = {
   ".html": "text/html; charset=utf-8",
@@ -76,7 +89,17 @@ const MIME = {
   ".map": "application/json; charset=utf-8",
 };
 
-function startServer(dir) {
+const GENERATED = {
+  "/__test__/blank.html": ["text/html; charset=utf-8", "<!doctype html><title>test</title>"],
+  "/__test__/sharded/config.json": ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy/config.json"))],
+  "/__test__/sharded/tokenizer.json": ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy/tokenizer.json"))],
+  "/__test__/sharded/model.safetensors.index.json": ["application/json", JSON.stringify({
+    metadata: { total_size: 8 },
+    weight_map: { "a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors" },
+  })],
+};
+
+function startServer(dir, mounts) {
   const server = http.createServer((req, res) => {
     let pathname;
     try {
@@ -85,8 +108,24 @@ function startServer(dir) {
       res.writeHead(400).end();
       return;
     }
-    let file = path.join(dir, pathname);
-    if (!file.startsWith(dir + path.sep) && file !== dir) {
+    const generated = GENERATED[pathname];
+    if (generated) {
+      const [type, body] = generated;
+      const bytes = Buffer.from(typeof body === "function" ? body() : body);
+      res.writeHead(200, { "content-type": type, "content-length": bytes.length, "cache-control": "no-store" });
+      res.end(req.method === "HEAD" ? undefined : bytes);
+      return;
+    }
+    let base = dir;
+    for (const [prefix, mounted] of Object.entries(mounts)) {
+      if (pathname.startsWith(prefix)) {
+        base = mounted;
+        pathname = pathname.slice(prefix.length - 1);
+        break;
+      }
+    }
+    let file = path.join(base, pathname);
+    if (!file.startsWith(base + path.sep) && file !== base) {
       res.writeHead(403).end();
       return;
     }
@@ -100,7 +139,7 @@ function startServer(dir) {
         }
       }
       if (err || !st.isFile()) {
-        console.log(`  server: 404 ${req.method} ${pathname}`);
+        if (VERBOSE) console.log(`  server: 404 ${req.method} ${req.url}`);
         res.writeHead(404, { "content-type": "text/plain" }).end("not found");
         return;
       }
@@ -194,7 +233,7 @@ async function testDemoPage(browser, base) {
   forwardConsole(page, "demo");
   try {
     const started = Date.now();
-    await page.goto(`${base}/?autorun=1&steps=${STEPS}`, { timeout: 60_000 });
+    await page.goto(`${base}/?autorun=1&steps=${STEPS}&generate=1`, { timeout: 60_000 });
     const state = await pollPage(
       page,
       () => ({
@@ -222,14 +261,22 @@ async function testDemoPage(browser, base) {
     }
     assert(r.loss_last < r.loss_first, `loss_last (${r.loss_last}) < loss_first (${r.loss_first})`);
     assert(r.accuracy_last >= 0 && r.accuracy_last <= 1, "accuracy_last in [0, 1]");
+    assert(typeof r.generated_text === "string", `generated_text is a string (got ${r.generated_text})`);
+    assert(Number.isInteger(r.generated_tokens) && r.generated_tokens >= 1 && r.generated_tokens <= 8,
+      `1 <= generated_tokens <= 8 (got ${r.generated_tokens})`);
+    assert(isNum(r.tokens_per_second) && r.tokens_per_second > 0,
+      `tokens_per_second is a finite positive number (got ${r.tokens_per_second})`);
+    const shown = await page.textContent("#gen-output");
+    assert(shown.endsWith(r.generated_text), `#gen-output shows the generated text (got ${JSON.stringify(shown)})`);
     return {
       detail:
         `${r.steps} steps, loss ${r.loss_first.toFixed(4)} -> ${r.loss_last.toFixed(4)}, ` +
         `held-out acc ${r.eval_accuracy_before?.toFixed(3)} -> ${r.accuracy_last.toFixed(3)}, ` +
         `train acc (last batch) ${r.train_accuracy_last.toFixed(3)}; ` +
         `${r.seconds_per_step?.toFixed(2)} s/step (Rust-timed; first step ${r.seconds_first_step?.toFixed(2)} s, ` +
-        `wall ${r.wall_seconds_per_step?.toFixed(2)} s/step), page total ${wall.toFixed(1)} s ` +
-        `on ${r.device}`,
+        `wall ${r.wall_seconds_per_step?.toFixed(2)} s/step); generated ${r.generated_tokens} tokens ` +
+        `${JSON.stringify(r.generated_text)} at ${r.tokens_per_second.toFixed(2)} tokens/s (greedy); ` +
+        `page total ${wall.toFixed(1)} s on ${r.device}`,
     };
   } finally {
     await context.close().catch(() => {});
@@ -265,15 +312,180 @@ async function testEmbed(browser, base) {
       assert(r.exported_files.includes(f), `exported_files include ${f} (got ${r.exported_files})`);
     }
     assert(r.safetensors_bytes > 0, "safetensors_bytes > 0");
+    assert(r.streamed_deltas >= 1, `at least one onToken call (got ${r.streamed_deltas})`);
+    assert(r.streamed_deltas === r.generated_tokens,
+      `one onToken call per new token (${r.streamed_deltas} calls, ${r.generated_tokens} tokens)`);
+    assert(typeof r.generated_text === "string" && r.generated_text === r.streamed_text,
+      `generated text ${JSON.stringify(r.generated_text)} == streamed deltas joined ${JSON.stringify(r.streamed_text)}`);
     return {
       detail:
         `${r.steps} steps, loss ${r.loss_first.toFixed(4)} -> ${r.loss_last.toFixed(4)}, ` +
         `eval acc ${r.eval_accuracy.toFixed(3)}, files [${r.exported_files.join(", ")}], ` +
-        `model.safetensors ${r.safetensors_bytes} bytes; page total ${wall.toFixed(1)} s`,
+        `model.safetensors ${r.safetensors_bytes} bytes; generated ${JSON.stringify(r.generated_text)} ` +
+        `in ${r.streamed_deltas} deltas; page total ${wall.toFixed(1)} s`,
     };
   } finally {
     await context.close().catch(() => {});
   }
+}
+
+// Starts `job` (a function source run in a blank page of the server) and polls window.__job.
+async function runInPage(browser, base, tag, job, arg, timeoutMs) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  forwardConsole(page, tag);
+  try {
+    await page.goto(`${base}/__test__/blank.html`, { timeout: 60_000 });
+    await page.evaluate(
+      ([source, arg]) => {
+        window.__job = { done: false, progress: "starting" };
+        const setProgress = (p) => { window.__job.progress = p; };
+        // eslint-disable-next-line no-new-func
+        const fn = new Function(`return (${source});`)();
+        fn(arg, setProgress).then(
+          (result) => { window.__job = { done: true, result }; },
+          (err) => { window.__job = { done: true, error: `${err?.name}: ${err?.message ?? err}` }; },
+        );
+      },
+      [job.toString(), arg],
+    );
+    const state = await pollPage(page, () => window.__job, {
+      timeoutMs,
+      progress: (s) => s.progress,
+    });
+    if (state.error) throw new Error(`in the page: ${state.error}`);
+    return state.result;
+  } finally {
+    await context.close().catch(() => {});
+  }
+}
+
+async function testModelUrl(browser, base) {
+  const expected = JSON.parse(fs.readFileSync(path.join(FIXTURES, "llama/model_expected.json"), "utf8"));
+  const { prompt_ids: promptIds, new_ids: newIds } = expected.greedy[0];
+  // The fixture ran all 12 steps without an EOS stop; the generator stops at EOS (id 0).
+  const eos = newIds.indexOf(0);
+  const want = eos >= 0 ? newIds.slice(0, eos + 1) : newIds;
+  const started = Date.now();
+  const r = await runInPage(browser, base, "modelUrl", async (_arg, progress) => {
+    const { DpoTrainer } = await import("/web/dpo-trainer.js");
+    const text = await (await fetch("/fixtures/data.jsonl")).text();
+    const rows = text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
+    const downloads = [];
+    progress("create (downloading /fixtures/llama/policy/)");
+    const trainer = await DpoTrainer.create({
+      modelUrl: "/fixtures/llama/policy/",
+      onProgress: (p) => downloads.push(p),
+      trainData: rows,
+      maxSteps: 2,
+      batchSize: 4,
+      lr: 1e-3,
+    });
+    const info = await trainer.info();
+    progress("generate before training");
+    const deltas = [];
+    const g = await trainer.generate("Once upon a time", {
+      maxNewTokens: 12,
+      onToken: (delta, id) => deltas.push([delta, id]),
+    });
+    progress("train 2 steps");
+    const reports = await trainer.train({ steps: 2 });
+    const metrics = await trainer.evaluate();
+    trainer.terminate();
+
+    progress("LoRA: create, 1 step, export");
+    const lora = await DpoTrainer.create({
+      modelUrl: "/fixtures/llama/policy/",
+      trainData: rows,
+      maxSteps: 1,
+      batchSize: 4,
+      lr: 1e-3,
+      loraRank: 2,
+    });
+    const loraInfo = await lora.info();
+    const loraReports = await lora.train();
+    const loraGenerated = await lora.generate("Once upon a time", { maxNewTokens: 4 });
+    const files = await lora.exportModel();
+    lora.terminate();
+    return {
+      info,
+      downloads,
+      generated: { ...g, deltas },
+      losses: reports.map((r) => r.loss),
+      metrics,
+      loraInfo,
+      loraLosses: loraReports.map((r) => r.loss),
+      loraGenerated,
+      loraFiles: Object.fromEntries(Object.entries(files).map(([k, v]) => [k, v.length])),
+      adapterConfig: files["adapter_config.json"] ? JSON.parse(new TextDecoder().decode(files["adapter_config.json"])) : null,
+    };
+  }, null, TEST_TIMEOUT_S * 1000);
+  const wall = (Date.now() - started) / 1000;
+  const g = r.generated;
+  log(`  info: ${JSON.stringify({ ...r.info, options: undefined })}`);
+  log(`  generate: ${JSON.stringify({ ...g, deltas: g.deltas.length })}`);
+  assert(r.info.family === "llama" && r.info.demo === false && r.info.task === "dpo",
+    `info: llama, not the demo, dpo (got ${r.info.family}, ${r.info.demo}, ${r.info.task})`);
+  assert(r.info.trainExamples > 0 && r.info.totalSteps === 2, `train examples > 0 and 2 steps (got ${r.info.trainExamples}, ${r.info.totalSteps})`);
+  const st = r.downloads.filter((p) => p.file === "model.safetensors");
+  const size = fs.statSync(path.join(FIXTURES, "llama/policy/model.safetensors")).size;
+  assert(st.length >= 1 && st.at(-1).loaded === size && st.at(-1).total === size,
+    `onProgress reported model.safetensors up to ${size} bytes (got ${JSON.stringify(st.at(-1))})`);
+  for (const f of ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]) {
+    assert(r.downloads.some((p) => p.file === f), `onProgress reported ${f}`);
+  }
+  assert(g.promptTokens === promptIds.length, `prompt tokens ${g.promptTokens} == ${promptIds.length}`);
+  assert(JSON.stringify(g.newTokens) === JSON.stringify(want),
+    `greedy ids ${JSON.stringify(g.newTokens)} == transformers' ${JSON.stringify(want)}`);
+  assert(JSON.stringify(g.deltas.map((d) => d[1])) === JSON.stringify(g.newTokens), "onToken ids == newTokens");
+  assert(g.deltas.map((d) => d[0]).join("") === g.text, "deltas joined == text");
+  assert(isNum(g.tokensPerSecond) && g.tokensPerSecond > 0, `finite tokensPerSecond (got ${g.tokensPerSecond})`);
+  assert(r.losses.length === 2 && r.losses.every(isNum), `2 finite losses (got ${r.losses})`);
+  assert(r.metrics === null, `evaluate() is null without evalData (got ${JSON.stringify(r.metrics)})`);
+  assert(r.loraInfo.lora?.rank === 2, `info().lora.rank == 2 (got ${JSON.stringify(r.loraInfo.lora)})`);
+  assert(r.loraLosses.length === 1 && isNum(r.loraLosses[0]), `1 finite LoRA loss (got ${r.loraLosses})`);
+  const lg = r.loraGenerated;
+  assert(lg.newTokens.length >= 1 && lg.newTokens.length <= 4, `LoRA policy generates 1..4 tokens (got ${lg.newTokens})`);
+  for (const f of ["adapter_config.json", "adapter_model.safetensors"]) {
+    assert(r.loraFiles[f] > 0, `LoRA export has ${f} (got ${JSON.stringify(r.loraFiles)})`);
+  }
+  assert(!("model.safetensors" in r.loraFiles), "LoRA export has no model.safetensors (not merged)");
+  assert(r.adapterConfig?.r === 2, `adapter_config.json r == 2 (got ${r.adapterConfig?.r})`);
+  return {
+    detail:
+      `greedy ids match transformers (${g.newTokens.length} tokens, ${g.tokensPerSecond.toFixed(2)} tokens/s, ` +
+      `${g.seconds.toFixed(2)} s); DPO losses ${r.losses.map((l) => l.toFixed(4)).join(", ")}; ` +
+      `LoRA loss ${r.loraLosses[0].toFixed(4)}, generates ${lg.newTokens.length} tokens at ` +
+      `${lg.tokensPerSecond.toFixed(2)} tokens/s, files [${Object.keys(r.loraFiles).sort().join(", ")}]; ` +
+      `total ${wall.toFixed(1)} s`,
+  };
+}
+
+async function testModelUrlErrors(browser, base) {
+  const r = await runInPage(browser, base, "modelUrl-errors", async () => {
+    const { DpoTrainer } = await import("/web/dpo-trainer.js");
+    const attempt = async (modelUrl) => {
+      try {
+        const t = await DpoTrainer.create({ modelUrl, trainData: [{ prompt: "a", chosen: "b", rejected: "c" }] });
+        t.terminate();
+        return "resolved";
+      } catch (e) {
+        return `${e.name}: ${e.message}`;
+      }
+    };
+    return {
+      missing: await attempt("/fixtures/llama/"),
+      sharded: await attempt("/__test__/sharded"),
+      badHf: await attempt("hf:not a repo"),
+    };
+  }, null, 180_000);
+  log(`  errors: ${JSON.stringify(r)}`);
+  assert(/config\.json not found at .*\/fixtures\/llama\/config\.json \(404\)/.test(r.missing),
+    `missing folder: names config.json and the URL (got ${r.missing})`);
+  assert(/sharded checkpoints are not supported in the browser yet/.test(r.sharded) && /2 files/.test(r.sharded),
+    `sharded checkpoint: clear message (got ${r.sharded})`);
+  assert(/^TypeError: .*hf:OWNER\/NAME/.test(r.badHf), `malformed hf: URL (got ${r.badHf})`);
+  return { detail: `${r.missing.slice(0, 90)}…; ${r.sharded.slice(0, 90)}…` };
 }
 
 async function testNoWebGpu(base) {
@@ -328,21 +540,28 @@ async function main() {
                    "examples/embed.html"]) {
     if (!fs.existsSync(path.join(DIST, f))) {
       console.log(`FAIL: ${path.join(DIST, f)} is missing; build first: scripts/build-web.sh`);
-      console.log("0 passed, 3 failed");
+      console.log(`0 passed, ${TEST_COUNT} failed`);
       process.exit(1);
     }
   }
   if (!fs.existsSync(CHROMIUM)) {
     console.log(`FAIL: no browser at ${CHROMIUM} (apt-get install -y chromium, or set CHROMIUM)`);
-    console.log("0 passed, 3 failed");
+    console.log(`0 passed, ${TEST_COUNT} failed`);
     process.exit(1);
   }
-  const server = await startServer(DIST);
+  const server = await startServer(DIST, { "/fixtures/": FIXTURES });
   const base = `http://127.0.0.1:${server.address().port}`;
   log(`serving ${DIST} at ${base}; Chromium: ${CHROMIUM}`);
 
   const results = [];
+  let number = 0;
   const run = async (name, fn) => {
+    number += 1;
+    if (ONLY && !ONLY.has(number)) {
+      log(`SKIP ${number}. ${name}`);
+      return;
+    }
+    name = `${number}. ${name}`;
     const started = Date.now();
     log(`RUN  ${name}`);
     try {
@@ -364,10 +583,14 @@ async function main() {
       log(`FAIL could not launch Chromium: ${e.message}`);
     }
     const needBrowser = (fn) => () => (browser ? fn() : Promise.reject(new Error("no browser")));
-    await run(`demo page trains ${STEPS} steps (/?autorun=1&steps=${STEPS})`,
+    await run(`demo page trains ${STEPS} steps and generates (/?autorun=1&steps=${STEPS}&generate=1)`,
       needBrowser(() => testDemoPage(browser, base)));
-    await run(`embed example trains ${EMBED_STEPS} steps, evaluates, exports (/examples/embed.html)`,
+    await run(`embed example trains ${EMBED_STEPS} steps, evaluates, generates, exports (/examples/embed.html)`,
       needBrowser(() => testEmbed(browser, base)));
+    await run("modelUrl: tiny Llama from /fixtures/llama/policy/, greedy ids == transformers, DPO, LoRA export",
+      needBrowser(() => testModelUrl(browser, base)));
+    await run("modelUrl errors: missing config.json, sharded checkpoint, malformed hf:",
+      needBrowser(() => testModelUrlErrors(browser, base)));
     await closeBrowser(browser);
     browser = null;
     await run("clear message without WebGPU", () => testNoWebGpu(base));
@@ -387,6 +610,6 @@ async function main() {
 
 main().catch((e) => {
   console.log(`FAIL: ${e.stack ?? e}`);
-  console.log("0 passed, 3 failed");
+  console.log(`0 passed, ${TEST_COUNT} failed`);
   process.exit(1);
 });
