@@ -197,3 +197,87 @@ fn merged_adapter_export_equals_adapter_logits() {
         );
     }
 }
+
+/// A checkpoint split into shards (`model.safetensors.index.json`) with f16 or bf16 weights loads,
+/// each weight the f32 value of its half-precision original.
+#[test]
+fn sharded_half_precision_checkpoints_load() {
+    use safetensors::Dtype;
+    let device = common::cpu();
+    let source_dir = fixtures().join("llama/policy");
+    let original = dpo_wgpu::files::weights_in(&source_dir).unwrap();
+    let mut names: Vec<String> = original.names().map(str::to_string).collect();
+    names.sort();
+    for (dtype, to_half) in [
+        (
+            Dtype::F16,
+            (|v: f32| half::f16::from_f32(v).to_bits()) as fn(f32) -> u16,
+        ),
+        (Dtype::BF16, |v: f32| half::bf16::from_f32(v).to_bits()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(source_dir.join(file), dir.path().join(file)).unwrap();
+        }
+        let mut weight_map = serde_json::Map::new();
+        let halves: Vec<(String, Vec<usize>, Vec<u8>)> = names
+            .iter()
+            .map(|n| {
+                let t = original.read(n).unwrap();
+                let bytes = t
+                    .data
+                    .iter()
+                    .flat_map(|&v| to_half(v).to_le_bytes())
+                    .collect();
+                (n.clone(), t.shape, bytes)
+            })
+            .collect();
+        for (shard, chunk) in halves.chunks(halves.len().div_ceil(2)).enumerate() {
+            let file = format!("model-0000{}-of-00002.safetensors", shard + 1);
+            let views: Vec<(&str, safetensors::tensor::TensorView<'_>)> = chunk
+                .iter()
+                .map(|(n, shape, bytes)| {
+                    (
+                        n.as_str(),
+                        safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).unwrap(),
+                    )
+                })
+                .collect();
+            std::fs::write(
+                dir.path().join(&file),
+                safetensors::serialize(views, None).unwrap(),
+            )
+            .unwrap();
+            for (n, _, _) in chunk {
+                weight_map.insert(n.clone(), file.clone().into());
+            }
+        }
+        let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
+
+        let loaded = load_model_dir(dir.path(), &device).unwrap();
+        let exported = pollster::block_on(dpo_wgpu::bundle::export_weights(&loaded.model)).unwrap();
+        let exported = SafetensorsSource::new(
+            "e",
+            vec![("e".into(), FileBytes::Owned(exported.to_bytes().unwrap()))],
+        )
+        .unwrap();
+        for n in &names {
+            let want: Vec<f32> = original
+                .read(n)
+                .unwrap()
+                .data
+                .iter()
+                .map(|&v| match dtype {
+                    Dtype::F16 => half::f16::from_f32(v).to_f32(),
+                    _ => half::bf16::from_f32(v).to_f32(),
+                })
+                .collect();
+            assert_eq!(exported.read(n).unwrap().data, want, "{dtype:?} {n}");
+        }
+    }
+}
