@@ -170,6 +170,12 @@ fn main() {
         run_one(&config, backend, steps);
         return;
     }
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench targets without it,
+    // and a test run should not spend minutes benchmarking.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("dpo_step: a benchmark; run it with `cargo bench --bench dpo_step`");
+        return;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     if !root.join(GGUF).exists() {
         let ok = Command::new(root.join("scripts/fetch-smollm2.sh"))
