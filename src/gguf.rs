@@ -12,8 +12,9 @@
 //!   row-major Hugging Face `[out, in]`: the data needs no transposition, only the shape reversed.
 //! * llama.cpp's converter interleaves the two rotary halves of every q/k head; the rows are put
 //!   back as `LlamaTensorProcessor._reverse_permute_weights` does (see [`unpermute_rope_rows`]).
-//! * The tokenizer is byte-level BPE from `tokenizer.ggml.tokens`/`merges`, with control tokens
-//!   as special added tokens and the pre-tokenizer chosen from `tokenizer.ggml.pre`
+//! * The tokenizer is byte-level BPE (`tokenizer.ggml.model = gpt2`) or sentencepiece BPE with
+//!   byte fallback (`llama`, merges recovered from the scores), with control tokens as special
+//!   added tokens and the pre-tokenizer chosen from `tokenizer.ggml.pre`
 //!   (`integrations/gguf/gguf_tokenizer_mapping.py`).
 
 use std::collections::HashMap;
@@ -980,63 +981,164 @@ fn tokens_of(file: &GgufFile) -> Result<Vec<&str>> {
     })
 }
 
-/// `tokenizer.json` as transformers builds it for a byte-level BPE (`tokenizer.ggml.model =
-/// gpt2`) file: `GPT2Tokenizer(vocab, merges)`, control tokens added as special tokens and
-/// user-defined ones as plain added tokens, the split chosen by `tokenizer.ggml.pre`, and a
-/// post-processor adding BOS/EOS as `tokenizer.ggml.add_bos_token`/`add_eos_token` say.
-fn tokenizer_json(file: &GgufFile) -> Result<String> {
-    let model_key = "tokenizer.ggml.model";
-    let model = file.meta_str(model_key)?.unwrap_or("");
-    if model != "gpt2" {
-        return Err(file.meta_err(
-            model_key,
-            format!("tokenizer model `{model}` is not supported yet (only byte-level BPE, `gpt2`)"),
-        ));
+/// The two tokenizer kinds transformers builds from a `llama`-architecture GGUF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenizerKind {
+    /// `tokenizer.ggml.model = gpt2`: byte-level BPE (SmolLM2, Llama 3, Qwen2).
+    ByteLevel,
+    /// `tokenizer.ggml.model = llama`: sentencepiece BPE with byte fallback (TinyLlama, Llama 2).
+    SentencePiece,
+}
+
+fn tokenizer_kind(file: &GgufFile) -> Result<TokenizerKind> {
+    let key = "tokenizer.ggml.model";
+    match file.meta_str(key)?.unwrap_or("") {
+        "gpt2" => Ok(TokenizerKind::ByteLevel),
+        "llama" => Ok(TokenizerKind::SentencePiece),
+        other => Err(file.meta_err(
+            key,
+            format!(
+                "tokenizer model `{other}` is not supported (only `gpt2`, byte-level BPE, and \
+                 `llama`, sentencepiece BPE)"
+            ),
+        )),
     }
-    let tokens = tokens_of(file)?;
-    let merges_key = "tokenizer.ggml.merges";
-    let merges = file
-        .meta_strings(merges_key)?
-        .ok_or_else(|| file.meta_err(merges_key, "missing (byte-level BPE needs merges)"))?;
-    let token_types: Vec<i128> = match file.meta("tokenizer.ggml.token_type") {
-        None => Vec::new(),
-        Some(v) => v
-            .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .map(|t| match t {
-                        MetaValue::Int(i) => Some(*i),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .ok_or_else(|| {
-                file.meta_err("tokenizer.ggml.token_type", "not an array of integers")
-            })?,
+}
+
+/// `tokenizer.ggml.token_type`, or nothing when the file has none.
+fn token_types(file: &GgufFile) -> Result<Vec<i128>> {
+    let key = "tokenizer.ggml.token_type";
+    let Some(value) = file.meta(key) else {
+        return Ok(Vec::new());
     };
+    value
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .map(|t| match t {
+                    MetaValue::Int(i) => Some(*i),
+                    _ => None,
+                })
+                .collect()
+        })
+        .ok_or_else(|| file.meta_err(key, "not an array of integers"))
+}
+
+/// The merges a sentencepiece vocabulary implies, as transformers recovers them when a file has
+/// none (`tokenization_utils_base.generate_merges` with the scores): every split of a token into
+/// two vocabulary tokens is a merge ranked by the whole token's score, ties broken by the pieces'
+/// lengths (longer first), then by the vocabulary order. Python's stable sort is mirrored exactly,
+/// because the order of the merges decides the tokenization.
+fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Vec<[String; 2]> {
+    // `{token: index}`: a repeated token keeps its last index, as a Python dict does.
+    let index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, &t)| (t, i)).collect();
+    // `dict(zip(tokens, scores))`: first-seen order, last score.
+    let mut order: Vec<&str> = Vec::new();
+    let mut score_of: HashMap<&str, f64> = HashMap::new();
+    for (&token, &score) in tokens.iter().zip(scores) {
+        if score_of.insert(token, score).is_none() {
+            order.push(token);
+        }
+    }
+    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
+    for token in order {
+        let score = score_of[token];
+        let mut local: Vec<(&str, &str, f64)> = token
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| token.split_at(at))
+            .filter(|(l, r)| index.contains_key(l) && index.contains_key(r))
+            .map(|(l, r)| (l, r, score))
+            .collect();
+        local.sort_by_key(|&(l, r, _)| (index[l], index[r]));
+        merges.extend(local);
+    }
+    // `sorted(key=(score, len(left), len(right)), reverse=True)` keeps equal keys in order.
+    let key = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
+    merges.sort_by(|a, b| {
+        let (ka, kb) = (key(a), key(b));
+        kb.0.total_cmp(&ka.0)
+            .then(kb.1.cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
+    });
+    merges
+        .into_iter()
+        .map(|(l, r, _)| [l.to_string(), r.to_string()])
+        .collect()
+}
+
+/// `tokenizer.json` as transformers (`integrations/gguf/gguf_tokenizer_mapping.py`) builds it:
+/// * `gpt2`: `GPT2Tokenizer(vocab, merges)`, the split chosen by `tokenizer.ggml.pre`;
+/// * `llama`: `LlamaTokenizer(vocab, merges)`: sentencepiece pieces as BPE with byte fallback,
+///   `Metaspace` (prefix `▁` on the first word only), merges from the file or recovered from the
+///   scores;
+///
+/// then control tokens added as special tokens and user-defined ones as plain added tokens, and a
+/// post-processor adding BOS/EOS as `tokenizer.ggml.add_bos_token`/`add_eos_token` say (a
+/// sentencepiece file without the flag gets BOS, as llama.cpp does).
+fn tokenizer_json(file: &GgufFile) -> Result<String> {
+    let kind = tokenizer_kind(file)?;
+    let tokens = tokens_of(file)?;
+    let token_types = token_types(file)?;
+    let merges_key = "tokenizer.ggml.merges";
+    let file_merges = file
+        .meta_strings(merges_key)?
+        .map(|merges| {
+            merges
+                .iter()
+                .map(|m| {
+                    let mut parts = m.split(' ');
+                    match (parts.next(), parts.next(), parts.next()) {
+                        (Some(a), Some(b), None) => Ok([a.to_string(), b.to_string()]),
+                        _ => {
+                            Err(file.meta_err(merges_key, format!("merge {m:?} is not two tokens")))
+                        }
+                    }
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?;
 
     let spelling = bytes_to_unicode();
     let alphabet: std::collections::HashSet<char> = spelling.iter().copied().collect();
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
     let mut vocab = Map::new();
     for (id, &token) in tokens.iter().enumerate() {
-        let spelled = if in_alphabet(token) {
+        let spelled = if kind == TokenizerKind::SentencePiece || in_alphabet(token) {
             token.to_string()
         } else {
             token.bytes().map(|b| spelling[b as usize]).collect()
         };
         vocab.insert(spelled, json!(id));
     }
-    let merges: Vec<Value> = merges
-        .iter()
-        .map(|m| {
-            let mut parts = m.split(' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(a), Some(b), None) => Ok(json!([a, b])),
-                _ => Err(file.meta_err(merges_key, format!("merge {m:?} is not two tokens"))),
+    let merges = match (kind, file_merges) {
+        (_, Some(merges)) => merges,
+        (TokenizerKind::ByteLevel, None) => {
+            return Err(file.meta_err(merges_key, "missing (byte-level BPE needs merges)"));
+        }
+        (TokenizerKind::SentencePiece, None) => {
+            let scores_key = "tokenizer.ggml.scores";
+            let scores: Vec<f64> = file
+                .meta(scores_key)
+                .and_then(MetaValue::as_array)
+                .and_then(|a| a.iter().map(MetaValue::as_f64).collect())
+                .ok_or_else(|| {
+                    file.meta_err(
+                        scores_key,
+                        "missing or not numbers (a sentencepiece vocabulary without merges \
+                         needs its scores)",
+                    )
+                })?;
+            if scores.len() != tokens.len() {
+                return Err(file.meta_err(
+                    scores_key,
+                    format!("{} scores for {} tokens", scores.len(), tokens.len()),
+                ));
             }
-        })
-        .collect::<Result<_>>()?;
+            merges_from_scores(&tokens, &scores)
+        }
+    };
+    let merges: Vec<Value> = merges.into_iter().map(|m| json!(m)).collect();
 
     // Added tokens, keyed by id: (content, special).
     let mut added: std::collections::BTreeMap<u64, (String, bool)> = Default::default();
@@ -1044,7 +1146,7 @@ fn tokenizer_json(file: &GgufFile) -> Result<String> {
         let id = || vocab.get(token).and_then(Value::as_u64);
         // 3 = CONTROL: a special token, unless it is spelled outside the byte alphabet (a
         // llama.cpp mislabel that transformers skips).
-        if ty == 3 && in_alphabet(token) {
+        if ty == 3 && (kind == TokenizerKind::SentencePiece || in_alphabet(token)) {
             if let Some(id) = id() {
                 added.insert(id, (token.to_string(), true));
             }
@@ -1085,6 +1187,10 @@ fn tokenizer_json(file: &GgufFile) -> Result<String> {
         .meta_str("tokenizer.ggml.pre")?
         .and_then(pre_tokenizer_split)
     {
+        None if kind == TokenizerKind::SentencePiece => json!({
+            "type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first",
+            "split": false,
+        }),
         None => byte_level(true),
         Some(split) => json!({
             "type": "Sequence",
@@ -1104,12 +1210,7 @@ fn tokenizer_json(file: &GgufFile) -> Result<String> {
             .find(|(k, _)| *k == n)
             .and_then(|(_, t)| t.clone())
     };
-    let add_bos = file
-        .meta_bool("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(false);
-    let add_eos = file
-        .meta_bool("tokenizer.ggml.add_eos_token")?
-        .unwrap_or(false);
+    let (add_bos, add_eos) = add_bos_eos(file, kind)?;
     let bos = named("bos_token").filter(|_| add_bos);
     let eos = named("eos_token").filter(|_| add_eos);
     let special = |t: &str, type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
@@ -1137,6 +1238,35 @@ fn tokenizer_json(file: &GgufFile) -> Result<String> {
         special_map.insert(t.clone(), json!({"id": t, "ids": [id], "tokens": [t]}));
     }
 
+    let (decoder, model) = match kind {
+        TokenizerKind::ByteLevel => (
+            json!({
+                "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                "use_regex": true,
+            }),
+            json!({
+                "type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": false,
+                "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges,
+            }),
+        ),
+        TokenizerKind::SentencePiece => (
+            json!({
+                "type": "Sequence",
+                "decoders": [
+                    {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                    {"type": "ByteFallback"},
+                    {"type": "Fuse"},
+                    {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+                ],
+            }),
+            json!({
+                "type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+                "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges,
+            }),
+        ),
+    };
     let tokenizer = json!({
         "version": "1.0",
         "truncation": null,
@@ -1150,23 +1280,21 @@ fn tokenizer_json(file: &GgufFile) -> Result<String> {
             "pair": pair,
             "special_tokens": special_map,
         },
-        "decoder": {
-            "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true,
-        },
-        "model": {
-            "type": "BPE",
-            "dropout": null,
-            "unk_token": null,
-            "continuing_subword_prefix": "",
-            "end_of_word_suffix": "",
-            "fuse_unk": false,
-            "byte_fallback": false,
-            "ignore_merges": false,
-            "vocab": vocab,
-            "merges": merges,
-        },
+        "decoder": decoder,
+        "model": model,
     });
     Ok(serde_json::to_string(&tokenizer).expect("JSON serializes"))
+}
+
+/// Whether BOS and EOS are added: the file's flags; a sentencepiece file without a BOS flag gets
+/// BOS (older files have none, and llama.cpp adds it).
+fn add_bos_eos(file: &GgufFile, kind: TokenizerKind) -> Result<(bool, bool)> {
+    let bos = file.meta_bool("tokenizer.ggml.add_bos_token")?;
+    let eos = file.meta_bool("tokenizer.ggml.add_eos_token")?;
+    Ok((
+        bos.unwrap_or(kind == TokenizerKind::SentencePiece),
+        eos.unwrap_or(false),
+    ))
 }
 
 /// `tokenizer_config.json`: the special tokens, BOS/EOS flags and the chat template.
@@ -1178,14 +1306,9 @@ fn tokenizer_config_json(file: &GgufFile) -> Result<String> {
             config.insert(name.into(), json!(token));
         }
     }
-    for (gguf, hf) in [
-        ("tokenizer.ggml.add_bos_token", "add_bos_token"),
-        ("tokenizer.ggml.add_eos_token", "add_eos_token"),
-    ] {
-        if let Some(flag) = file.meta_bool(gguf)? {
-            config.insert(hf.into(), json!(flag));
-        }
-    }
+    let (add_bos, add_eos) = add_bos_eos(file, tokenizer_kind(file)?)?;
+    config.insert("add_bos_token".into(), json!(add_bos));
+    config.insert("add_eos_token".into(), json!(add_eos));
     if let Some(template) = file.meta_str("tokenizer.chat_template")? {
         config.insert("chat_template".into(), json!(template));
     }

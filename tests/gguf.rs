@@ -63,6 +63,20 @@ fn load(device: &Device) -> ModelBundle {
     bundle
 }
 
+/// The tokenizer training uses, built from the texts a GGUF gives.
+fn text_tokenizer(
+    texts: dpo_wgpu::bundle::ModelTexts,
+    config: &ModelConfig,
+) -> dpo_wgpu::tokenizer::TextTokenizer {
+    dpo_wgpu::tokenizer::TextTokenizer::from_json(
+        texts.tokenizer_json,
+        texts.tokenizer_config_json,
+        config.eos_token_id,
+        "tokenizer.json",
+    )
+    .unwrap()
+}
+
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap()
 }
@@ -141,13 +155,7 @@ fn config_and_tokenizer_match_transformers() {
     }
 
     // token ids, through the same TextTokenizer training uses
-    let tokenizer = dpo_wgpu::tokenizer::TextTokenizer::from_json(
-        texts.tokenizer_json,
-        texts.tokenizer_config_json,
-        config.eos_token_id,
-        "tokenizer.json",
-    )
-    .unwrap();
+    let tokenizer = text_tokenizer(texts, &config);
     assert_eq!(tokenizer.eos_token, "<|im_end|>");
     assert_eq!(tokenizer.eos_id, 2);
     assert_eq!(
@@ -379,6 +387,254 @@ fn greedy_generation_matches_transformers() {
                 got.len() as f64 / seconds
             );
             assert_eq!(got, want, "{backend}: greedy after {:?}", case["text"]);
+        }
+    }
+}
+
+// --- a sentencepiece-vocabulary GGUF (TinyLlama / Llama 2 style) ---------------------------------
+// `tests/fixtures/spm_gguf/`: a tiny random Llama written as llama.cpp writes it (Q8_0/F16/F32,
+// q/k permuted) with a sentencepiece BPE vocabulary (`tokenizer.ggml.model = llama`, scores, no
+// merges), and what transformers' GGUF loader builds from it (`make_fixture.py` there).
+
+const SPM_DIR: &str = "tests/fixtures/spm_gguf";
+
+fn spm_expected() -> Value {
+    let path = root().join(SPM_DIR).join("expected.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn spm_texts() -> (dpo_wgpu::bundle::ModelTexts, dpo_wgpu::gguf::GgufWeights) {
+    let path = root().join(SPM_DIR).join("tiny-llama-spm.gguf");
+    gguf_model_texts_and_weights("tiny-llama-spm.gguf", FileBytes::map(&path).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+/// The tokenizer.json we build is the one transformers builds: same pre-tokenizer, decoder,
+/// post-processor, added tokens, and the same BPE model — vocabulary and the merges recovered
+/// from the sentencepiece scores, in the same order.
+#[test]
+fn sentencepiece_tokenizer_json_matches_transformers() {
+    let exp = spm_expected();
+    let (texts, _) = spm_texts();
+    let ours: Value = serde_json::from_str(&texts.tokenizer_json).unwrap();
+    let theirs = &exp["tokenizer_json"];
+    for key in [
+        "added_tokens",
+        "normalizer",
+        "pre_tokenizer",
+        "post_processor",
+        "decoder",
+    ] {
+        assert_eq!(ours[key], theirs[key], "tokenizer.json `{key}`");
+    }
+    for (key, value) in theirs["model"].as_object().unwrap() {
+        if key == "merges" {
+            // The first difference, not two 200-line arrays.
+            let (o, t) = (
+                ours["model"][key].as_array().unwrap(),
+                value.as_array().unwrap(),
+            );
+            if let Some(i) = (0..o.len().min(t.len())).find(|&i| o[i] != t[i]) {
+                panic!("merge {i}: ours {}, transformers {}", o[i], t[i]);
+            }
+            assert_eq!(o.len(), t.len(), "number of merges");
+        }
+        assert_eq!(&ours["model"][key], value, "tokenizer.json model `{key}`");
+    }
+    let merges = ours["model"]["merges"].as_array().unwrap().len();
+    assert!(merges > 200, "only {merges} merges recovered");
+
+    let tc: Value = serde_json::from_str(texts.tokenizer_config_json.as_ref().unwrap()).unwrap();
+    for key in ["bos_token", "eos_token", "unk_token", "chat_template"] {
+        assert_eq!(
+            tc[key], exp["special_tokens"][key],
+            "tokenizer_config `{key}`"
+        );
+    }
+    assert_eq!(tc["add_bos_token"], Value::Bool(true));
+}
+
+/// Token ids (with and without BOS) and decoding agree with transformers on text that needs the
+/// prefix `▁`, byte fallback, inline special tokens and leading/trailing spaces; the chat template
+/// renders to the same text.
+#[test]
+fn sentencepiece_encodings_and_chat_match_transformers() {
+    let exp = spm_expected();
+    let (texts, _) = spm_texts();
+    let config = ModelConfig::from_json(&texts.config_json, "config.json").unwrap();
+    let tokenizer = text_tokenizer(texts, &config);
+    assert_eq!(tokenizer.eos_token, "</s>");
+    assert_eq!(tokenizer.eos_id, 2);
+    for e in exp["encodings"].as_array().unwrap() {
+        let text = e["text"].as_str().unwrap();
+        let want = ids(&e["ids"]);
+        assert_eq!(tokenizer.encode(text).unwrap(), want, "ids of {text:?}");
+        assert_eq!(want.first(), Some(&1), "transformers adds BOS");
+        assert_eq!(
+            tokenizer.encode_with(text, false).unwrap(),
+            ids(&e["no_special_ids"]),
+            "ids of {text:?} without BOS"
+        );
+        assert_eq!(
+            tokenizer.decode(&want).unwrap(),
+            e["decoded"].as_str().unwrap(),
+            "decoding {text:?}"
+        );
+        assert_eq!(
+            tokenizer.decode_skipping_special(&want).unwrap(),
+            e["decoded_skipping_special"].as_str().unwrap(),
+            "decoding {text:?} without special tokens"
+        );
+    }
+
+    use dpo_wgpu::chat::{Message, render};
+    let messages: Vec<Message> = exp["chat"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        render(&tokenizer, &messages, true).unwrap(),
+        exp["chat_text"].as_str().unwrap()
+    );
+}
+
+/// Logits (every value) and greedy tokens of the dequantized, un-permuted model match
+/// transformers', on the CPU and on wgpu.
+#[test]
+fn sentencepiece_gguf_logits_and_generation_match_transformers() {
+    use dpo_wgpu::generate::{SamplingOptions, generate};
+    let exp = spm_expected();
+    let mut devices = vec![("cpu", cpu())];
+    devices.extend(wgpu().map(|d| ("wgpu", d)));
+    for (backend, device) in devices {
+        let (texts, weights) = spm_texts();
+        let bundle = ModelBundle::load(texts, &weights, &device).unwrap();
+        let mut worst = 0.0f64;
+        for prompt in exp["logits"].as_array().unwrap() {
+            let tokens: Vec<i32> = ids(&prompt["ids"]).iter().map(|&i| i as i32).collect();
+            let t = tokens.len();
+            let ours = bundle
+                .model
+                .logits(&tokens, 1, t, &device)
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap();
+            let theirs: Vec<f64> = prompt["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|row| row.as_array().unwrap().iter().map(f))
+                .collect();
+            assert_eq!(ours.len(), theirs.len());
+            for (i, (&o, &e)) in ours.iter().zip(&theirs).enumerate() {
+                let err = (o as f64 - e).abs() / e.abs().max(1.0);
+                worst = worst.max(err);
+                assert!(
+                    err <= REL,
+                    "{backend} logit {i}: ours {o}, transformers {e}"
+                );
+            }
+        }
+        eprintln!("{backend}: sentencepiece GGUF worst relative logit error {worst:.2e}");
+        for case in exp["generation"].as_array().unwrap() {
+            let want = ids(&case["new_ids"]);
+            let options = SamplingOptions {
+                max_new_tokens: want.len(),
+                ..SamplingOptions::default()
+            };
+            // transformers ran without an EOS stop; so do we.
+            let got = pollster::block_on(generate(
+                &bundle.model,
+                &ids(&case["ids"]),
+                &[],
+                &options,
+                &device,
+                |_| true,
+            ))
+            .unwrap();
+            assert_eq!(got, want, "{backend}: greedy after {:?}", case["text"]);
+        }
+    }
+}
+
+/// TRL's DPO on the sentencepiece GGUF, plain-text and conversational pairs: our tokenization is
+/// TRL's (BOS from the tokenizer on plain text, none from the chat template, EOS `</s>` appended
+/// or rendered, boundary merges) and `dpo-wgpu eval` on the `.gguf` file prints TRL's
+/// `evaluate()` metrics (reference = the same weights, so the log-probs carry the comparison).
+#[test]
+fn sentencepiece_gguf_dpo_eval_matches_trl() {
+    use dpo_wgpu::data::{parse_jsonl, tokenize_pairs};
+    let exp = spm_expected();
+    let gguf = root().join(SPM_DIR).join("tiny-llama-spm.gguf");
+    let bundle = dpo_wgpu::files::load_model_dir(&gguf, &cpu()).unwrap();
+    for name in ["pairs", "chat_pairs"] {
+        let case = &exp["dpo"][name];
+        let data = root().join(SPM_DIR).join(format!("{name}.jsonl"));
+        let max_length = case["max_length"].as_u64().unwrap();
+        let rows = parse_jsonl(&std::fs::read_to_string(&data).unwrap(), name).unwrap();
+        let ours = tokenize_pairs(&rows, &bundle.tokenizer, Some(max_length as usize)).unwrap();
+        let theirs = case["tokenized"].as_array().unwrap();
+        assert_eq!(ours.rows.len(), theirs.len(), "{name}: pairs kept");
+        for (i, (o, t)) in ours.rows.iter().zip(theirs).enumerate() {
+            assert_eq!(
+                o.prompt_ids,
+                ids(&t["prompt_ids"]),
+                "{name}[{i}] prompt_ids"
+            );
+            assert_eq!(
+                o.chosen_ids,
+                ids(&t["chosen_ids"]),
+                "{name}[{i}] chosen_ids"
+            );
+            assert_eq!(
+                o.rejected_ids,
+                ids(&t["rejected_ids"]),
+                "{name}[{i}] rejected_ids"
+            );
+        }
+
+        let result = Command::new(env!("CARGO_BIN_EXE_dpo-wgpu"))
+            .args(["eval", "--model"])
+            .arg(&gguf)
+            .arg("--data")
+            .arg(&data)
+            .args(["--batch-size", &case["eval_batch_size"].to_string()])
+            .args(["--max-length", &max_length.to_string()])
+            .args(["--backend", "cpu", "--json"])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(result.status.success(), "{name}: {stderr}");
+        let metrics: Value =
+            serde_json::from_str(String::from_utf8_lossy(&result.stdout).trim()).unwrap();
+        for key in [
+            "loss",
+            "rewards/chosen",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+            "logits/chosen",
+            "logits/rejected",
+            "entropy",
+            "mean_token_accuracy",
+        ] {
+            let ours = metrics[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} missing"));
+            let trl = f(&case["eval"][format!("eval_{key}")]);
+            // logits/* are means of ~0 over the vocabulary: absolute floor 1e-6.
+            let err = (ours - trl).abs();
+            assert!(
+                err <= REL * trl.abs().max(1.0) || err <= 1e-6,
+                "{name} {key}: ours {ours}, TRL {trl}"
+            );
         }
     }
 }
