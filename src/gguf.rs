@@ -6,12 +6,12 @@
 //! The file is parsed once (header, metadata, tensor table); tensor data is only touched when a
 //! tensor is read, so natively the bytes stay a memory map.
 //!
-//! What transformers (5.24, `modeling_gguf_pytorch_utils.py`) does with a `llama` file, and this
-//! module mirrors:
+//! What transformers (5.24, `modeling_gguf_pytorch_utils.py`) does with a `llama` or `qwen2`
+//! file, and this module mirrors:
 //! * GGUF lists dimensions fastest first (`ne[0]` is the row length), so a GGUF `[in, out]` is a
 //!   row-major Hugging Face `[out, in]`: the data needs no transposition, only the shape reversed.
-//! * llama.cpp's converter interleaves the two rotary halves of every q/k head; the rows are put
-//!   back as `LlamaTensorProcessor._reverse_permute_weights` does (see [`unpermute_rope_rows`]).
+//! * llama.cpp's converter interleaves the two rotary halves of every q/k head of a `llama` file
+//!   (not of a `qwen2` one); the rows are put back as `LlamaTensorProcessor._reverse_permute_weights` does (see [`unpermute_rope_rows`]).
 //! * The tokenizer is byte-level BPE (`tokenizer.ggml.model = gpt2`) or sentencepiece BPE with
 //!   byte fallback (`llama`, merges recovered from the scores), with control tokens as special
 //!   added tokens and the pre-tokenizer chosen from `tokenizer.ggml.pre`
@@ -669,13 +669,13 @@ pub fn gguf_tensor_name(hf: &str) -> Option<String> {
     Some(format!("{base}.{suffix}"))
 }
 
-/// The tensors of a GGUF Llama under Hugging Face names, in Hugging Face layout.
+/// The tensors of a GGUF Llama or Qwen2 under Hugging Face names, in Hugging Face layout.
 pub struct GgufWeights {
     file: GgufFile,
     /// GGUF tensor name -> index into `file.tensors`
     index: HashMap<String, usize>,
-    /// (query heads, key/value heads), for undoing the rotary permutation.
-    heads: (usize, usize),
+    /// (query heads, key/value heads), for undoing the rotary permutation of a `llama` file.
+    rope_permuted_heads: Option<(usize, usize)>,
 }
 
 impl GgufWeights {
@@ -747,12 +747,10 @@ impl WeightSource for GgufWeights {
             }
             other => other,
         })?;
-        let n_head = if gguf.contains(".attn_q.") {
-            Some(self.heads.0)
-        } else if gguf.contains(".attn_k.") {
-            Some(self.heads.1)
-        } else {
-            None
+        let n_head = match self.rope_permuted_heads {
+            Some((q_heads, _)) if gguf.contains(".attn_q.") => Some(q_heads),
+            Some((_, kv_heads)) if gguf.contains(".attn_k.") => Some(kv_heads),
+            _ => None,
         };
         if let Some(n_head) = n_head {
             let rows = tensor.shape[0];
@@ -795,22 +793,39 @@ pub fn gguf_model_texts_and_weights(
         .enumerate()
         .map(|(i, t)| (t.name.clone(), i))
         .collect();
-    Ok((texts, GgufWeights { file, index, heads }))
+    Ok((
+        texts,
+        GgufWeights {
+            file,
+            index,
+            rope_permuted_heads: heads,
+        },
+    ))
 }
 
-/// `config.json` for `LlamaForCausalLM`, with the keys transformers' GGUF loader sets, and the
-/// (query, key/value) head counts.
-fn config_json(file: &GgufFile) -> Result<(String, (usize, usize))> {
+/// The GGUF architectures read, with their Hugging Face model type and class.
+const ARCHITECTURES: [(&str, &str, &str); 2] = [
+    ("llama", "llama", "LlamaForCausalLM"),
+    ("qwen2", "qwen2", "Qwen2ForCausalLM"),
+];
+
+/// `config.json` for `LlamaForCausalLM` or `Qwen2ForCausalLM`, with the keys transformers' GGUF
+/// loader sets, and the (query, key/value) head counts when q/k rows carry llama.cpp's rotary
+/// permutation (only its `llama` architecture does).
+fn config_json(file: &GgufFile) -> Result<(String, Option<(usize, usize)>)> {
     let arch_key = "general.architecture";
     let arch = file
         .meta_str(arch_key)?
         .ok_or_else(|| file.meta_err(arch_key, "missing from the GGUF metadata"))?;
-    if arch != "llama" {
+    let Some(&(_, model_type, class)) = ARCHITECTURES.iter().find(|(a, _, _)| *a == arch) else {
         return Err(file.meta_err(
             arch_key,
-            format!("architecture `{arch}` is not supported (only `llama` GGUF files are)"),
+            format!(
+                "architecture `{arch}` is not supported (only `llama` and `qwen2` GGUF files are)"
+            ),
         ));
-    }
+    };
+    let is_llama = arch == "llama";
     let key = |k: &str| format!("{arch}.{k}");
     let heads = file.meta_usize_required(&key("attention.head_count"))?;
     let kv_heads = file
@@ -831,8 +846,8 @@ fn config_json(file: &GgufFile) -> Result<(String, (usize, usize))> {
             })?,
     };
     let mut config = Map::new();
-    config.insert("architectures".into(), json!(["LlamaForCausalLM"]));
-    config.insert("model_type".into(), json!("llama"));
+    config.insert("architectures".into(), json!([class]));
+    config.insert("model_type".into(), json!(model_type));
     config.insert("vocab_size".into(), json!(vocab_size));
     config.insert("hidden_size".into(), json!(hidden));
     config.insert(
@@ -845,11 +860,13 @@ fn config_json(file: &GgufFile) -> Result<(String, (usize, usize))> {
     );
     config.insert("num_attention_heads".into(), json!(heads));
     config.insert("num_key_value_heads".into(), json!(kv_heads));
-    // transformers reads `rope.dimension_count` as the head size.
-    let head_dim = file
-        .meta_u64(&key("rope.dimension_count"))?
-        .map_or(hidden / heads.max(1), |v| v as usize);
-    config.insert("head_dim".into(), json!(head_dim));
+    // transformers reads `rope.dimension_count` as a Llama's head size (Qwen2's is implied).
+    if is_llama {
+        let head_dim = file
+            .meta_u64(&key("rope.dimension_count"))?
+            .map_or(hidden / heads.max(1), |v| v as usize);
+        config.insert("head_dim".into(), json!(head_dim));
+    }
     config.insert("hidden_act".into(), json!("silu"));
     config.insert(
         "max_position_embeddings".into(),
@@ -869,12 +886,18 @@ fn config_json(file: &GgufFile) -> Result<(String, (usize, usize))> {
             "rope_type": "default",
         }),
     );
-    config.insert("attention_bias".into(), json!(false));
     config.insert("attention_dropout".into(), json!(0.0));
-    config.insert("mlp_bias".into(), json!(false));
     config.insert("initializer_range".into(), json!(0.02));
-    config.insert("pretraining_tp".into(), json!(1));
     config.insert("use_cache".into(), json!(true));
+    if is_llama {
+        config.insert("attention_bias".into(), json!(false));
+        config.insert("mlp_bias".into(), json!(false));
+        config.insert("pretraining_tp".into(), json!(1));
+    } else {
+        // Qwen2's q/k/v biases are part of the architecture; llama.cpp has no sliding window.
+        config.insert("use_sliding_window".into(), json!(false));
+        config.insert("sliding_window".into(), Value::Null);
+    }
     // llama.cpp writes the output projection only when it is not the embedding matrix.
     config.insert(
         "tie_word_embeddings".into(),
@@ -891,7 +914,7 @@ fn config_json(file: &GgufFile) -> Result<(String, (usize, usize))> {
         }
     }
     let text = serde_json::to_string_pretty(&Value::Object(config)).expect("JSON serializes");
-    Ok((text, (heads, kv_heads)))
+    Ok((text, is_llama.then_some((heads, kv_heads))))
 }
 
 /// GPT-2's byte-to-character table (`bytes_to_unicode`): printable Latin-1 bytes stand for

@@ -638,3 +638,112 @@ fn sentencepiece_gguf_dpo_eval_matches_trl() {
         }
     }
 }
+
+// --- a Qwen2 GGUF ------------------------------------------------------------------------------
+// `tests/fixtures/qwen2_gguf/`: the tiny random Qwen2 of `tests/fixtures/qwen2/policy` written as
+// llama.cpp writes Qwen2/Qwen2.5 files (q/k/v biases, no rotary permutation, tied embeddings,
+// byte-level BPE with the `qwen2` split), and transformers' view of it (`make_fixture.py` there).
+
+#[test]
+fn qwen2_gguf_matches_transformers() {
+    use dpo_wgpu::generate::{SamplingOptions, generate};
+    let dir = root().join("tests/fixtures/qwen2_gguf");
+    let exp: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let gguf = dir.join("tiny-qwen2.gguf");
+    let (texts, _) =
+        gguf_model_texts_and_weights("tiny-qwen2.gguf", FileBytes::map(&gguf).unwrap()).unwrap();
+
+    // config.json: Qwen2, every key we write has transformers' value
+    let ours: Value = serde_json::from_str(&texts.config_json).unwrap();
+    assert_eq!(
+        ours["architectures"],
+        serde_json::json!(["Qwen2ForCausalLM"])
+    );
+    for (key, value) in ours.as_object().unwrap() {
+        if key != "architectures" {
+            assert_eq!(value, &exp["config"][key], "config `{key}`");
+        }
+    }
+    let config = ModelConfig::from_json(&texts.config_json, "config.json").unwrap();
+    assert!(matches!(config.architecture, Architecture::Qwen2(_)));
+
+    // tokenizer.json: the `qwen2` split before byte-level BPE, as transformers builds it
+    let tokenizer_json: Value = serde_json::from_str(&texts.tokenizer_json).unwrap();
+    let theirs = &exp["tokenizer_json"];
+    for key in [
+        "added_tokens",
+        "normalizer",
+        "pre_tokenizer",
+        "post_processor",
+        "decoder",
+    ] {
+        assert_eq!(tokenizer_json[key], theirs[key], "tokenizer.json `{key}`");
+    }
+    for (key, value) in theirs["model"].as_object().unwrap() {
+        assert_eq!(
+            &tokenizer_json["model"][key], value,
+            "tokenizer.json model `{key}`"
+        );
+    }
+    let tokenizer = text_tokenizer(texts, &config);
+    for e in exp["encodings"].as_array().unwrap() {
+        let text = e["text"].as_str().unwrap();
+        assert_eq!(
+            tokenizer.encode(text).unwrap(),
+            ids(&e["ids"]),
+            "ids of {text:?}"
+        );
+    }
+
+    // logits and greedy tokens, through the CLI's loader, on the CPU and on wgpu
+    let mut devices = vec![("cpu", cpu())];
+    devices.extend(wgpu().map(|d| ("wgpu", d)));
+    for (backend, device) in devices {
+        let bundle = dpo_wgpu::files::load_model_dir(&gguf, &device).unwrap();
+        let mut worst = 0.0f64;
+        for prompt in exp["logits"].as_array().unwrap() {
+            let tokens: Vec<i32> = ids(&prompt["ids"]).iter().map(|&i| i as i32).collect();
+            let ours = bundle
+                .model
+                .logits(&tokens, 1, tokens.len(), &device)
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap();
+            let theirs: Vec<f64> = prompt["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|row| row.as_array().unwrap().iter().map(f))
+                .collect();
+            assert_eq!(ours.len(), theirs.len());
+            for (i, (&o, &e)) in ours.iter().zip(&theirs).enumerate() {
+                let err = (o as f64 - e).abs() / e.abs().max(1.0);
+                worst = worst.max(err);
+                assert!(
+                    err <= REL,
+                    "{backend} logit {i}: ours {o}, transformers {e}"
+                );
+            }
+        }
+        eprintln!("{backend}: Qwen2 GGUF worst relative logit error {worst:.2e}");
+        for case in exp["generation"].as_array().unwrap() {
+            let want = ids(&case["new_ids"]);
+            let options = SamplingOptions {
+                max_new_tokens: want.len(),
+                ..SamplingOptions::default()
+            };
+            let got = pollster::block_on(generate(
+                &bundle.model,
+                &ids(&case["ids"]),
+                &[],
+                &options,
+                &device,
+                |_| true,
+            ))
+            .unwrap();
+            assert_eq!(got, want, "{backend}: greedy after {:?}", case["ids"]);
+        }
+    }
+}
