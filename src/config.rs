@@ -73,6 +73,35 @@ pub struct RopeParameters {
     pub rope_theta: Option<f64>,
     #[serde(default, alias = "type")]
     pub rope_type: Option<String>,
+    /// `linear` and `llama3`: how much longer the context is than in pretraining.
+    #[serde(default)]
+    pub factor: Option<f64>,
+    /// `llama3` (Llama 3.1/3.2): the band of wavelengths that is interpolated.
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<f64>,
+}
+
+/// How rotary frequencies are derived from `1 / theta^(2i/d)` (transformers'
+/// `ROPE_INIT_FUNCTIONS`); the kinds that depend on the sequence length are refused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    Default,
+    /// Every frequency divided by `factor`.
+    Linear {
+        factor: f32,
+    },
+    /// Llama 3.1: long wavelengths divided by `factor`, short ones kept, the band between
+    /// interpolated.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: f32,
+    },
 }
 
 impl LlamaConfig {
@@ -93,13 +122,94 @@ impl LlamaConfig {
             .unwrap_or(10_000.0)
     }
 
-    /// Rope scaling variants other than the plain one change the frequencies; refuse them
-    /// rather than silently computing different numbers than transformers.
-    fn rope_type(&self) -> Option<&str> {
-        [&self.rope_parameters, &self.rope_scaling]
-            .into_iter()
-            .flatten()
-            .find_map(|p| p.rope_type.as_deref())
+    /// The rope parameters that name a type (`rope_parameters` in transformers >= 5, else the
+    /// older `rope_scaling`), with the field name for errors.
+    fn rope_spec(&self) -> Option<(&'static str, &RopeParameters)> {
+        [
+            ("rope_parameters", &self.rope_parameters),
+            ("rope_scaling", &self.rope_scaling),
+        ]
+        .into_iter()
+        .find_map(|(name, p)| {
+            p.as_ref()
+                .filter(|p| p.rope_type.is_some())
+                .map(|p| (name, p))
+        })
+    }
+
+    /// The rope scaling this config asks for. Kinds we do not compute are refused rather than
+    /// silently computing different numbers than transformers.
+    pub fn rope_scaling(&self) -> std::result::Result<RopeScaling, (String, String)> {
+        let Some((field, p)) = self.rope_spec() else {
+            return Ok(RopeScaling::Default);
+        };
+        let kind = p.rope_type.as_deref().unwrap_or("default");
+        let need = |value: Option<f64>, name: &str| {
+            value.map(|v| v as f32).ok_or_else(|| {
+                (
+                    format!("{field}.{name}"),
+                    format!("required by rope type `{kind}`"),
+                )
+            })
+        };
+        match kind {
+            "default" => Ok(RopeScaling::Default),
+            "linear" => Ok(RopeScaling::Linear {
+                factor: need(p.factor, "factor")?,
+            }),
+            "llama3" => Ok(RopeScaling::Llama3 {
+                factor: need(p.factor, "factor")?,
+                low_freq_factor: need(p.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need(p.high_freq_factor, "high_freq_factor")?,
+                original_max_position_embeddings: need(
+                    p.original_max_position_embeddings,
+                    "original_max_position_embeddings",
+                )?,
+            }),
+            other => Err((
+                format!("{field}.rope_type"),
+                format!(
+                    "rope type `{other}` is not supported (only `default`, `linear`, `llama3`)"
+                ),
+            )),
+        }
+    }
+
+    /// The rotary inverse frequencies, one per pair of head dimensions, in f32 as transformers
+    /// computes them (`_compute_default_rope_parameters` and the scaling functions).
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let dim = self.head_dim();
+        let theta = self.rope_theta() as f32;
+        let base: Vec<f32> = (0..dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / dim as f32))
+            .collect();
+        match self.rope_scaling().unwrap_or(RopeScaling::Default) {
+            RopeScaling::Default => base,
+            RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old_context,
+            } => {
+                let low_freq_wavelen = old_context / low_freq_factor;
+                let high_freq_wavelen = old_context / high_freq_factor;
+                base.into_iter()
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen < high_freq_wavelen {
+                            f
+                        } else if wavelen > low_freq_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old_context / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        }
     }
 }
 
@@ -160,13 +270,8 @@ impl ModelConfig {
             "gpt2" => Architecture::Gpt2(serde_json::from_value(raw.clone()).map_err(parse_err)?),
             "llama" | "qwen2" => {
                 let cfg: LlamaConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
-                if let Some(t) = cfg.rope_type() {
-                    if t != "default" {
-                        return Err(Error::input(
-                            loc().field("rope_parameters.rope_type"),
-                            format!("rope type `{t}` is not supported yet (only `default`)"),
-                        ));
-                    }
+                if let Err((field, message)) = cfg.rope_scaling() {
+                    return Err(Error::input(loc().field(&field), message));
                 }
                 if cfg.hidden_act != "silu" {
                     return Err(Error::input(

@@ -281,3 +281,112 @@ fn sharded_half_precision_checkpoints_load() {
         }
     }
 }
+
+/// Rope scaling (`linear`, Llama 3.1's `llama3`): the tiny Llama with scaled rotary frequencies
+/// gives transformers' inverse frequencies and logits (`tests/fixtures/rope_scaling/`); a kind we
+/// do not compute (`dynamic`) is refused naming the field.
+#[test]
+fn rope_scaling_matches_transformers() {
+    let exp: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("rope_scaling/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let source = fixtures().join("llama/policy");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
+            .unwrap();
+    let write_dir = |config: &Value| {
+        let dir = tempfile::tempdir().unwrap();
+        for file in [
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+        }
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        dir
+    };
+    for (name, variant) in exp["variants"].as_object().unwrap() {
+        config["rope_parameters"] = variant["rope_parameters"].clone();
+        let dir = write_dir(&config);
+        for (backend, device) in devices() {
+            let bundle = load_model_dir(dir.path(), &device).unwrap();
+            let dpo_wgpu::config::Architecture::Llama(llama) = &bundle.config.architecture else {
+                panic!("not a Llama")
+            };
+            for (i, (ours, theirs)) in llama
+                .inv_freq()
+                .iter()
+                .zip(variant["inv_freq"].as_array().unwrap())
+                .enumerate()
+            {
+                // f32 in both (JSON parsing may be an f64 ulp off, never an f32 one)
+                assert_eq!(
+                    *ours,
+                    theirs.as_f64().unwrap() as f32,
+                    "{name} inv_freq[{i}]"
+                );
+            }
+            // transformers' values cover the first 64 ids of every position
+            let input = ids(&exp["ids"]);
+            let tokens: Vec<i32> = input.iter().map(|&x| x as i32).collect();
+            let ours = bundle
+                .model
+                .logits(&tokens, 1, tokens.len(), &device)
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap();
+            let vocab = bundle.model.vocab_size();
+            for (t, row) in variant["logits_first64"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+            {
+                for (v, x) in row.as_array().unwrap().iter().enumerate() {
+                    let what = format!("{backend} {name} [{t},{v}]");
+                    assert_close(
+                        &what,
+                        ours[t * vocab + v] as f64,
+                        x.as_f64().unwrap(),
+                        1e-4,
+                        1e-5,
+                    );
+                }
+            }
+        }
+    }
+
+    // Unscaled frequencies give different logits: the fixture does test the scaling.
+    config["rope_parameters"] = serde_json::json!({"rope_theta": 10000.0, "rope_type": "default"});
+    let dir = write_dir(&config);
+    let device = common::cpu();
+    let bundle = load_model_dir(dir.path(), &device).unwrap();
+    let tokens: Vec<i32> = ids(&exp["ids"]).iter().map(|&x| x as i32).collect();
+    let plain = bundle
+        .model
+        .logits(&tokens, 1, tokens.len(), &device)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let last = tokens.len() - 1;
+    let scaled = exp["variants"]["llama3"]["logits_first64"][last][0]
+        .as_f64()
+        .unwrap();
+    assert!((plain[last * bundle.model.vocab_size()] as f64 - scaled).abs() > 1e-3);
+
+    config["rope_parameters"] =
+        serde_json::json!({"rope_theta": 10000.0, "rope_type": "dynamic", "factor": 2.0});
+    let dir = write_dir(&config);
+    let err = load_model_dir(dir.path(), &device)
+        .err()
+        .expect("dynamic is refused")
+        .to_string();
+    assert!(
+        err.contains("rope_parameters.rope_type") && err.contains("dynamic"),
+        "{err}"
+    );
+}

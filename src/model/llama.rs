@@ -137,13 +137,8 @@ impl Llama {
         let heads = self.config.num_attention_heads;
         let kv_heads = self.config.num_kv_heads();
         let head_dim = self.config.head_dim();
-        let (cos, sin) = rotary_tables(
-            cache.len(),
-            seq,
-            head_dim,
-            self.config.rope_theta(),
-            &device,
-        );
+        let (cos, sin) =
+            rotary_tables(cache.len(), seq, head_dim, &self.config.inv_freq(), &device);
         let scale = 1.0 / (head_dim as f64).sqrt();
         let mut x = self.embed_tokens.forward(input_ids);
         for (index, layer) in self.layers.iter().enumerate() {
@@ -253,14 +248,10 @@ fn rotary_tables(
     start: usize,
     seq: usize,
     head_dim: usize,
-    theta: f64,
+    inv_freq: &[f32],
     device: &Device,
 ) -> (Tensor<4>, Tensor<4>) {
     let half = head_dim / 2;
-    // transformers: inv_freq = 1 / theta^(arange(0, dim, 2) / dim), computed in float32.
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-        .collect();
     let mut cos = Vec::with_capacity(seq * head_dim);
     let mut sin = Vec::with_capacity(seq * head_dim);
     for pos in start..start + seq {
