@@ -204,21 +204,10 @@ fn base64_decode(text: &str) -> Vec<u8> {
 /// Compares our logits with every value the fixture holds for `prompt`; returns the worst
 /// relative error.
 fn check_prompt(backend: &str, bundle: &ModelBundle, prompt: &Value, device: &Device) -> f64 {
-    let ids: Vec<i32> = prompt["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap() as i32)
-        .collect();
+    let ids = ids(&prompt["ids"]);
     let t = ids.len();
     let start = Instant::now();
-    let logits = bundle
-        .model
-        .logits(&ids, 1, t, device)
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap();
+    let logits = common::logits_of(&bundle.model, &ids, device);
     eprintln!(
         "{backend}: forward over {t} tokens in {:.2?}",
         start.elapsed()
@@ -507,60 +496,64 @@ fn sentencepiece_encodings_and_chat_match_transformers() {
 /// transformers', on the CPU and on wgpu.
 #[test]
 fn sentencepiece_gguf_logits_and_generation_match_transformers() {
-    use dpo_wgpu::generate::{SamplingOptions, generate};
     let exp = spm_expected();
     let mut devices = vec![("cpu", cpu())];
     devices.extend(wgpu().map(|d| ("wgpu", d)));
     for (backend, device) in devices {
         let (texts, weights) = spm_texts();
         let bundle = ModelBundle::load(texts, &weights, &device).unwrap();
-        let mut worst = 0.0f64;
-        for prompt in exp["logits"].as_array().unwrap() {
-            let tokens: Vec<i32> = ids(&prompt["ids"]).iter().map(|&i| i as i32).collect();
-            let t = tokens.len();
-            let ours = bundle
-                .model
-                .logits(&tokens, 1, t, &device)
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap();
-            let theirs: Vec<f64> = prompt["logits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|row| row.as_array().unwrap().iter().map(f))
-                .collect();
-            assert_eq!(ours.len(), theirs.len());
-            for (i, (&o, &e)) in ours.iter().zip(&theirs).enumerate() {
-                let err = (o as f64 - e).abs() / e.abs().max(1.0);
-                worst = worst.max(err);
-                assert!(
-                    err <= REL,
-                    "{backend} logit {i}: ours {o}, transformers {e}"
-                );
-            }
-        }
+        let worst = check_logits_and_greedy(backend, &bundle, &exp, &device);
         eprintln!("{backend}: sentencepiece GGUF worst relative logit error {worst:.2e}");
-        for case in exp["generation"].as_array().unwrap() {
-            let want = ids(&case["new_ids"]);
-            let options = SamplingOptions {
-                max_new_tokens: want.len(),
-                ..SamplingOptions::default()
-            };
-            // transformers ran without an EOS stop; so do we.
-            let got = pollster::block_on(generate(
-                &bundle.model,
-                &ids(&case["ids"]),
-                &[],
-                &options,
-                &device,
-                |_| true,
-            ))
-            .unwrap();
-            assert_eq!(got, want, "{backend}: greedy after {:?}", case["text"]);
+    }
+}
+
+/// Every logit of `exp["logits"][i]["logits"]` (`[seq][vocab]`) within `REL`, and greedy decoding
+/// (no EOS stop, as transformers ran it) giving `exp["generation"][i]["new_ids"]`; returns the
+/// worst relative logit error.
+fn check_logits_and_greedy(
+    backend: &str,
+    bundle: &ModelBundle,
+    exp: &Value,
+    device: &Device,
+) -> f64 {
+    use dpo_wgpu::generate::{SamplingOptions, generate};
+    let mut worst = 0.0f64;
+    for prompt in exp["logits"].as_array().unwrap() {
+        let ours = common::logits_of(&bundle.model, &ids(&prompt["ids"]), device);
+        let theirs: Vec<f64> = prompt["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(f))
+            .collect();
+        assert_eq!(ours.len(), theirs.len());
+        for (i, (&o, &e)) in ours.iter().zip(&theirs).enumerate() {
+            let err = (o as f64 - e).abs() / e.abs().max(1.0);
+            worst = worst.max(err);
+            assert!(
+                err <= REL,
+                "{backend} logit {i}: ours {o}, transformers {e}"
+            );
         }
     }
+    for case in exp["generation"].as_array().unwrap() {
+        let want = ids(&case["new_ids"]);
+        let options = SamplingOptions {
+            max_new_tokens: want.len(),
+            ..SamplingOptions::default()
+        };
+        let got = pollster::block_on(generate(
+            &bundle.model,
+            &ids(&case["ids"]),
+            &[],
+            &options,
+            device,
+            |_| true,
+        ))
+        .unwrap();
+        assert_eq!(got, want, "{backend}: greedy after {:?}", case["ids"]);
+    }
+    worst
 }
 
 /// TRL's DPO on the sentencepiece GGUF, plain-text and conversational pairs: our tokenization is
@@ -646,7 +639,6 @@ fn sentencepiece_gguf_dpo_eval_matches_trl() {
 
 #[test]
 fn qwen2_gguf_matches_transformers() {
-    use dpo_wgpu::generate::{SamplingOptions, generate};
     let dir = root().join("tests/fixtures/qwen2_gguf");
     let exp: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
@@ -701,49 +693,7 @@ fn qwen2_gguf_matches_transformers() {
     devices.extend(wgpu().map(|d| ("wgpu", d)));
     for (backend, device) in devices {
         let bundle = dpo_wgpu::files::load_model_dir(&gguf, &device).unwrap();
-        let mut worst = 0.0f64;
-        for prompt in exp["logits"].as_array().unwrap() {
-            let tokens: Vec<i32> = ids(&prompt["ids"]).iter().map(|&i| i as i32).collect();
-            let ours = bundle
-                .model
-                .logits(&tokens, 1, tokens.len(), &device)
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap();
-            let theirs: Vec<f64> = prompt["logits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|row| row.as_array().unwrap().iter().map(f))
-                .collect();
-            assert_eq!(ours.len(), theirs.len());
-            for (i, (&o, &e)) in ours.iter().zip(&theirs).enumerate() {
-                let err = (o as f64 - e).abs() / e.abs().max(1.0);
-                worst = worst.max(err);
-                assert!(
-                    err <= REL,
-                    "{backend} logit {i}: ours {o}, transformers {e}"
-                );
-            }
-        }
+        let worst = check_logits_and_greedy(backend, &bundle, &exp, &device);
         eprintln!("{backend}: Qwen2 GGUF worst relative logit error {worst:.2e}");
-        for case in exp["generation"].as_array().unwrap() {
-            let want = ids(&case["new_ids"]);
-            let options = SamplingOptions {
-                max_new_tokens: want.len(),
-                ..SamplingOptions::default()
-            };
-            let got = pollster::block_on(generate(
-                &bundle.model,
-                &ids(&case["ids"]),
-                &[],
-                &options,
-                &device,
-                |_| true,
-            ))
-            .unwrap();
-            assert_eq!(got, want, "{backend}: greedy after {:?}", case["ids"]);
-        }
     }
 }

@@ -34,13 +34,7 @@ fn ids(v: &Value) -> Vec<u32> {
 
 /// Logits of `input` compared with transformers' `[seq][vocab]` values, 1e-4 relative.
 fn assert_logits(what: &str, model: &CausalLm, input: &[u32], values: &Value, device: &Device) {
-    let input: Vec<i32> = input.iter().map(|&x| x as i32).collect();
-    let ours = model
-        .logits(&input, 1, input.len(), device)
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap();
+    let ours = common::logits_of(model, input, device);
     let vocab = model.vocab_size();
     let mut worst: f64 = 0.0;
     for (t, row) in values.as_array().unwrap().iter().enumerate() {
@@ -329,15 +323,7 @@ fn rope_scaling_matches_transformers() {
                 );
             }
             // transformers' values cover the first 64 ids of every position
-            let input = ids(&exp["ids"]);
-            let tokens: Vec<i32> = input.iter().map(|&x| x as i32).collect();
-            let ours = bundle
-                .model
-                .logits(&tokens, 1, tokens.len(), &device)
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap();
+            let ours = common::logits_of(&bundle.model, &ids(&exp["ids"]), &device);
             let vocab = bundle.model.vocab_size();
             for (t, row) in variant["logits_first64"]
                 .as_array()
@@ -364,15 +350,8 @@ fn rope_scaling_matches_transformers() {
     let dir = write_dir(&config);
     let device = common::cpu();
     let bundle = load_model_dir(dir.path(), &device).unwrap();
-    let tokens: Vec<i32> = ids(&exp["ids"]).iter().map(|&x| x as i32).collect();
-    let plain = bundle
-        .model
-        .logits(&tokens, 1, tokens.len(), &device)
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap();
-    let last = tokens.len() - 1;
+    let plain = common::logits_of(&bundle.model, &ids(&exp["ids"]), &device);
+    let last = ids(&exp["ids"]).len() - 1;
     let scaled = exp["variants"]["llama3"]["logits_first64"][last][0]
         .as_f64()
         .unwrap();

@@ -45,6 +45,17 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     out
 }
 
+/// The logits of one sequence, `[seq * vocab]` row-major, read back as f32.
+pub fn logits_of(model: &dpo_wgpu::model::CausalLm, ids: &[u32], device: &Device) -> Vec<f32> {
+    let ids: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
+    model
+        .logits(&ids, 1, ids.len(), device)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
+}
+
 /// `|actual - expected| <= rel * |expected| + abs`, with a message naming what differs.
 #[track_caller]
 pub fn assert_close(what: &str, actual: f64, expected: f64, rel: f64, abs: f64) {
