@@ -184,25 +184,77 @@ fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
         .map_err(js_error)
 }
 
+/// Weight bytes handed over from JavaScript: one file (safetensors or GGUF), or safetensors shards
+/// by file name (as `model.safetensors.index.json` lists them).
+enum WeightBytes {
+    Single(Vec<u8>),
+    Shards(Vec<(String, Vec<u8>)>),
+}
+
+impl WeightBytes {
+    /// `Uint8Array` | `{ [fileName]: Uint8Array }` | undefined/null.
+    fn from_js(value: &JsValue) -> Result<Option<Self>, JsValue> {
+        if value.is_undefined() || value.is_null() {
+            return Ok(None);
+        }
+        if let Some(bytes) = value.dyn_ref::<Uint8Array>() {
+            return Ok(Some(Self::Single(bytes.to_vec())));
+        }
+        let not_weights = || {
+            js_error(
+                "weights must be a Uint8Array (model.safetensors or a .gguf file) or an object \
+                 mapping safetensors shard file names to Uint8Arrays",
+            )
+        };
+        let object = value.dyn_ref::<Object>().ok_or_else(not_weights)?;
+        let mut shards = Vec::new();
+        for entry in Object::entries(object).iter() {
+            let entry: js_sys::Array = entry.unchecked_into();
+            let name = entry.get(0).as_string().ok_or_else(not_weights)?;
+            let bytes = entry
+                .get(1)
+                .dyn_into::<Uint8Array>()
+                .map_err(|_| js_error(format!("weights[{name:?}] is not a Uint8Array")))?;
+            shards.push((name, bytes.to_vec()));
+        }
+        if shards.is_empty() {
+            return Err(not_weights());
+        }
+        shards.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Some(Self::Shards(shards)))
+    }
+}
+
 /// The model from `weights` (a GGUF file, or safetensors with `files`), or the demo.
 fn load_model(
     files: Option<ModelFilesText>,
-    weights: Vec<u8>,
+    weights: WeightBytes,
     device: &burn::tensor::Device,
 ) -> Result<ModelBundle, Error> {
-    if weights.starts_with(b"GGUF") {
-        let (texts, source) =
-            gguf_model_texts_and_weights("model.gguf", FileBytes::Owned(weights))?;
-        return ModelBundle::load(texts, &source, device);
-    }
+    let shards = match weights {
+        WeightBytes::Single(bytes) if bytes.starts_with(b"GGUF") => {
+            let (texts, source) =
+                gguf_model_texts_and_weights("model.gguf", FileBytes::Owned(bytes))?;
+            return ModelBundle::load(texts, &source, device);
+        }
+        WeightBytes::Single(bytes) => vec![("model.safetensors".to_string(), bytes)],
+        WeightBytes::Shards(shards) => shards,
+    };
     let files = files.ok_or_else(|| {
         Error::Invalid(
             "`model` (config, tokenizer texts) is required with safetensors weights".into(),
         )
     })?;
+    let label = match shards.as_slice() {
+        [(name, _)] => name.clone(),
+        _ => format!("{} safetensors shards", shards.len()),
+    };
     let source = SafetensorsSource::new(
-        "model.safetensors",
-        vec![("model.safetensors".to_string(), FileBytes::Owned(weights))],
+        &label,
+        shards
+            .into_iter()
+            .map(|(name, bytes)| (name, FileBytes::Owned(bytes)))
+            .collect(),
     )?;
     let mut extra_files = Vec::new();
     if let Some(text) = files.generation_config {
@@ -228,8 +280,9 @@ fn load_model(
 impl Trainer {
     /// `Trainer.create(options, weights?)` -> Promise<Trainer>. Initializes WebGPU, loads the
     /// model (or the demo), tokenizes the data.
-    pub fn create(options: JsValue, weights: Option<Uint8Array>) -> Promise {
+    pub fn create(options: JsValue, weights: JsValue) -> Promise {
         future_to_promise(async move {
+            let weights = WeightBytes::from_js(&weights)?;
             let options: CreateOptions = if options.is_undefined() || options.is_null() {
                 CreateOptions::default()
             } else {
@@ -253,8 +306,7 @@ impl Trainer {
                 let weights = weights.ok_or_else(|| {
                     js_error("the model's weights (safetensors or GGUF bytes) are required")
                 })?;
-                let bundle =
-                    load_model(options.model, weights.to_vec(), &device).map_err(js_error)?;
+                let bundle = load_model(options.model, weights, &device).map_err(js_error)?;
                 let defaults = if sft {
                     TrainOptions::sft_defaults()
                 } else {

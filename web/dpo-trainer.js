@@ -60,9 +60,8 @@
  *               - "https://host/dir/" (or a relative URL) of a Hugging Face model folder:
  *                 config.json and tokenizer.json are required; tokenizer_config.json,
  *                 generation_config.json and chat_template.jinja are used when present (a 404
- *                 means absent); the weights are model.safetensors, or when that is a 404 the one
- *                 file listed in model.safetensors.index.json. Checkpoints sharded over several
- *                 files are rejected ("sharded checkpoints are not supported in the browser yet").
+ *                 means absent); the weights are model.safetensors, or when that is a 404 the
+ *                 files listed in model.safetensors.index.json (shards download in parallel).
  *               - a URL ending in ".gguf": that one file (it carries config and tokenizer).
  *               - "hf:OWNER/NAME[@REVISION]" or "hf:OWNER/NAME/FILE.gguf[@REVISION]" (as the CLI
  *                 reads them; a PATH not ending in .gguf is a subfolder): the Hugging Face Hub,
@@ -77,7 +76,8 @@
  *   model       { config, tokenizer, tokenizerConfig?, generationConfig?, chatTemplate? } texts,
  *               with safetensors `weights` (not needed with GGUF weights)
  *   weights     Uint8Array/ArrayBuffer: model.safetensors, or a whole .gguf file (detected by its
- *               magic); copied to the worker
+ *               magic); or { "model-00001-of-00002.safetensors": bytes, ... } for a sharded
+ *               checkpoint; copied to the worker
  *   The data and training:
  *   task        "dpo" (default) or "sft"
  *   trainData, evalData   JSONL text or an array of rows: DPO { prompt, chosen, rejected };

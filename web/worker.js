@@ -154,7 +154,8 @@ async function optional(promise) {
 
 /**
  * Fetches a model from `url`: a `.gguf` file (-> { weights }), or a Hugging Face model folder
- * (-> { model: texts, weights: model.safetensors bytes }).
+ * (-> { model: texts, weights: model.safetensors bytes, or { shardName: bytes } for a checkpoint
+ * sharded over the files model.safetensors.index.json lists }).
  */
 async function fetchModel(url, onProgress) {
   const { pathname } = new URL(url);
@@ -213,20 +214,24 @@ async function fetchModel(url, onProgress) {
     if (shards.length === 0) {
       throw new Error(`${at("model.safetensors.index.json")} lists no weight files (empty weight_map)`);
     }
-    if (shards.length > 1) {
-      throw new Error(
-        `sharded checkpoints are not supported in the browser yet: ${dir} splits its weights ` +
-          `into ${shards.length} files (${shards.join(", ")}) listed in model.safetensors.index.json; ` +
-          "use a model with a single model.safetensors, or a .gguf file",
-      );
-    }
-    try {
-      weights = await download(at(shards[0]), shards[0], onProgress);
-    } catch (err) {
-      if (err instanceof NotFound) {
-        throw new Error(`${shards[0]} (named in model.safetensors.index.json) not found at ${at(shards[0])} (404)`);
+    // One file, or every shard (in parallel) as { fileName: bytes } for the wasm to index.
+    const fetchShard = async (name) => {
+      try {
+        return await download(at(name), name, onProgress);
+      } catch (err) {
+        if (err instanceof NotFound) {
+          throw new Error(`${name} (named in model.safetensors.index.json) not found at ${at(name)} (404)`);
+        }
+        throw err;
       }
-      throw err;
+    };
+    if (shards.length === 1) {
+      weights = await fetchShard(shards[0]);
+    } else {
+      const settledShards = await Promise.allSettled(shards.map(fetchShard));
+      const failedShard = settledShards.find((s) => s.status === "rejected");
+      if (failedShard) throw failedShard.reason;
+      weights = Object.fromEntries(shards.map((name, i) => [name, settledShards[i].value]));
     }
   }
   return { model, weights };
@@ -254,9 +259,17 @@ const methods = {
       opts = fetched.model ? { ...opts, model: { ...fetched.model, ...(opts.model ?? {}) } } : opts;
       weights = fetched.weights;
     }
-    if (weights instanceof ArrayBuffer) weights = new Uint8Array(weights);
-    else if (ArrayBuffer.isView(weights) && !(weights instanceof Uint8Array)) {
-      weights = new Uint8Array(weights.buffer, weights.byteOffset, weights.byteLength);
+    const asBytes = (w) => {
+      if (w instanceof ArrayBuffer) return new Uint8Array(w);
+      if (ArrayBuffer.isView(w) && !(w instanceof Uint8Array)) {
+        return new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
+      }
+      return w;
+    };
+    weights = asBytes(weights);
+    if (weights != null && !(weights instanceof Uint8Array) && typeof weights === "object") {
+      // safetensors shards: { fileName: bytes }
+      weights = Object.fromEntries(Object.entries(weights).map(([name, w]) => [name, asBytes(w)]));
     }
     trainer = await wasm.Trainer.create(opts, weights ?? undefined);
     return trainer.info();

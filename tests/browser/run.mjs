@@ -11,9 +11,11 @@
 //                            the tiny random Llama of tests/fixtures (served under /fixtures/);
 //                            greedy generation before training equals transformers' token ids
 //                            (tests/fixtures/llama/model_expected.json), 2 DPO steps on
-//                            tests/fixtures/data.jsonl, then a LoRA run exports a PEFT adapter
-//   4. modelUrl errors       a folder without config.json, and a sharded checkpoint, are
-//                            rejected with clear messages
+//                            tests/fixtures/data.jsonl, then a LoRA run exports a PEFT adapter;
+//                            the same weights split into 2 shards (model.safetensors.index.json)
+//                            give the same greedy ids and loss
+//   4. modelUrl errors       a folder without config.json, and an index naming a missing shard,
+//                            are rejected with clear messages
 //   5. no WebGPU             a browser without --enable-unsafe-webgpu shows the clear message,
 //                            and DpoTrainer.create() rejects with WebGpuUnavailableError
 // Prints "<n> passed, <m> failed" last; exits non-zero on any failure. Everything is bounded
@@ -72,7 +74,7 @@ const watchdog = setTimeout(() => {
 
 // ---------------------------------------------------------------------------------------------
 // Static file server: dist/ at /, tests/fixtures at /fixtures/, and a few generated files under
-// /__test__/ (a blank page to run module code in, and a fake sharded checkpoint).
+// /__test__/ (a blank page to run module code in, a sharded checkpoint, and a broken one).
 
 const MIME = {
   ".html": "text/html; charset=utf-8",
@@ -89,11 +91,57 @@ const MIME = {
   ".map": "application/json; charset=utf-8",
 };
 
+/**
+ * Splits a safetensors file into `count` shards (tensors dealt out in name order) as
+ * `save_pretrained` would shard it: { files: { name: Buffer }, index: model.safetensors.index.json }.
+ */
+function shardSafetensors(file, count) {
+  const bytes = fs.readFileSync(file);
+  const headerLen = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString("utf8"));
+  const dataStart = 8 + headerLen;
+  const names = Object.keys(header).filter((k) => k !== "__metadata__").sort();
+  const files = {};
+  const weightMap = {};
+  let totalSize = 0;
+  for (let s = 0; s < count; s++) {
+    const shardName = `model-0000${s + 1}-of-0000${count}.safetensors`;
+    const shardHeader = { __metadata__: { format: "pt" } };
+    const chunks = [];
+    let offset = 0;
+    names.filter((_, i) => i % count === s).forEach((name) => {
+      const { dtype, shape, data_offsets: [begin, end] } = header[name];
+      chunks.push(bytes.subarray(dataStart + begin, dataStart + end));
+      shardHeader[name] = { dtype, shape, data_offsets: [offset, offset + (end - begin)] };
+      offset += end - begin;
+      weightMap[name] = shardName;
+    });
+    totalSize += offset;
+    let json = JSON.stringify(shardHeader);
+    json += " ".repeat((8 - (json.length % 8)) % 8);
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+    files[shardName] = Buffer.concat([len, Buffer.from(json, "utf8"), ...chunks]);
+  }
+  return { files, index: { metadata: { total_size: totalSize }, weight_map: weightMap } };
+}
+
+const SHARDED = shardSafetensors(path.join(FIXTURES, "llama/policy/model.safetensors"), 2);
+
 const GENERATED = {
   "/__test__/blank.html": ["text/html; charset=utf-8", "<!doctype html><title>test</title>"],
-  "/__test__/sharded/config.json": ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy/config.json"))],
-  "/__test__/sharded/tokenizer.json": ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy/tokenizer.json"))],
-  "/__test__/sharded/model.safetensors.index.json": ["application/json", JSON.stringify({
+  // the tiny Llama of fixtures/llama/policy, its weights in two shards
+  ...Object.fromEntries(["config.json", "tokenizer.json", "tokenizer_config.json"].map((f) => [
+    `/__test__/sharded/${f}`, ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy", f))],
+  ])),
+  "/__test__/sharded/model.safetensors.index.json": ["application/json", JSON.stringify(SHARDED.index)],
+  ...Object.fromEntries(Object.entries(SHARDED.files).map(([name, bytes]) => [
+    `/__test__/sharded/${name}`, ["application/octet-stream", bytes],
+  ])),
+  // an index naming a shard that is not there
+  "/__test__/missing-shard/config.json": ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy/config.json"))],
+  "/__test__/missing-shard/tokenizer.json": ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy/tokenizer.json"))],
+  "/__test__/missing-shard/model.safetensors.index.json": ["application/json", JSON.stringify({
     metadata: { total_size: 8 },
     weight_map: { "a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors" },
   })],
@@ -407,7 +455,23 @@ async function testModelUrl(browser, base) {
     const loraGenerated = await lora.generate("Once upon a time", { maxNewTokens: 4 });
     const files = await lora.exportModel();
     lora.terminate();
+
+    progress("sharded: create from /__test__/sharded/ (2 shards), generate");
+    const shardDownloads = [];
+    const sharded = await DpoTrainer.create({
+      modelUrl: "/__test__/sharded/",
+      onProgress: (p) => shardDownloads.push(p.file),
+      trainData: rows,
+      maxSteps: 1,
+      batchSize: 4,
+    });
+    const shardedGenerated = await sharded.generate("Once upon a time", { maxNewTokens: 12 });
+    const shardedLosses = (await sharded.train()).map((r) => r.loss);
+    sharded.terminate();
     return {
+      shardedGenerated,
+      shardedLosses,
+      shardFiles: [...new Set(shardDownloads)].filter((f) => f.endsWith(".safetensors")).sort(),
       info,
       downloads,
       generated: { ...g, deltas },
@@ -451,12 +515,20 @@ async function testModelUrl(browser, base) {
   }
   assert(!("model.safetensors" in r.loraFiles), "LoRA export has no model.safetensors (not merged)");
   assert(r.adapterConfig?.r === 2, `adapter_config.json r == 2 (got ${r.adapterConfig?.r})`);
+  const shardNames = Object.keys(SHARDED.files).sort();
+  assert(JSON.stringify(r.shardFiles) === JSON.stringify(shardNames),
+    `sharded: downloaded ${JSON.stringify(shardNames)} (got ${JSON.stringify(r.shardFiles)})`);
+  assert(JSON.stringify(r.shardedGenerated.newTokens) === JSON.stringify(want),
+    `sharded: greedy ids ${JSON.stringify(r.shardedGenerated.newTokens)} == transformers' ${JSON.stringify(want)}`);
+  assert(r.shardedLosses.length === 1 && isNum(r.shardedLosses[0]) && Math.abs(r.shardedLosses[0] - r.losses[0]) < 1e-5,
+    `sharded: first DPO loss equals the single-file model's (got ${r.shardedLosses}, ${r.losses[0]})`);
   return {
     detail:
       `greedy ids match transformers (${g.newTokens.length} tokens, ${g.tokensPerSecond.toFixed(2)} tokens/s, ` +
       `${g.seconds.toFixed(2)} s); DPO losses ${r.losses.map((l) => l.toFixed(4)).join(", ")}; ` +
       `LoRA loss ${r.loraLosses[0].toFixed(4)}, generates ${lg.newTokens.length} tokens at ` +
       `${lg.tokensPerSecond.toFixed(2)} tokens/s, files [${Object.keys(r.loraFiles).sort().join(", ")}]; ` +
+      `2-shard checkpoint: same greedy ids and loss; ` +
       `total ${wall.toFixed(1)} s`,
   };
 }
@@ -475,17 +547,17 @@ async function testModelUrlErrors(browser, base) {
     };
     return {
       missing: await attempt("/fixtures/llama/"),
-      sharded: await attempt("/__test__/sharded"),
+      missingShard: await attempt("/__test__/missing-shard"),
       badHf: await attempt("hf:not a repo"),
     };
   }, null, 180_000);
   log(`  errors: ${JSON.stringify(r)}`);
   assert(/config\.json not found at .*\/fixtures\/llama\/config\.json \(404\)/.test(r.missing),
     `missing folder: names config.json and the URL (got ${r.missing})`);
-  assert(/sharded checkpoints are not supported in the browser yet/.test(r.sharded) && /2 files/.test(r.sharded),
-    `sharded checkpoint: clear message (got ${r.sharded})`);
+  assert(/model-0000[12]-of-00002\.safetensors \(named in model\.safetensors\.index\.json\) not found at .*\(404\)/.test(r.missingShard),
+    `missing shard: names the file and the URL (got ${r.missingShard})`);
   assert(/^TypeError: .*hf:OWNER\/NAME/.test(r.badHf), `malformed hf: URL (got ${r.badHf})`);
-  return { detail: `${r.missing.slice(0, 90)}…; ${r.sharded.slice(0, 90)}…` };
+  return { detail: `${r.missing.slice(0, 90)}…; ${r.missingShard.slice(0, 90)}…` };
 }
 
 async function testNoWebGpu(base) {
@@ -587,9 +659,9 @@ async function main() {
       needBrowser(() => testDemoPage(browser, base)));
     await run(`embed example trains ${EMBED_STEPS} steps, evaluates, generates, exports (/examples/embed.html)`,
       needBrowser(() => testEmbed(browser, base)));
-    await run("modelUrl: tiny Llama from /fixtures/llama/policy/, greedy ids == transformers, DPO, LoRA export",
+    await run("modelUrl: tiny Llama from /fixtures/llama/policy/, greedy ids == transformers, DPO, LoRA export, 2 shards",
       needBrowser(() => testModelUrl(browser, base)));
-    await run("modelUrl errors: missing config.json, sharded checkpoint, malformed hf:",
+    await run("modelUrl errors: missing config.json, missing shard, malformed hf:",
       needBrowser(() => testModelUrlErrors(browser, base)));
     await closeBrowser(browser);
     browser = null;
