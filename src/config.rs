@@ -298,19 +298,19 @@ impl ModelConfig {
                 ));
             }
         };
-        if let Architecture::Gpt2(cfg) = &architecture {
-            if !matches!(
+        if let Architecture::Gpt2(cfg) = &architecture
+            && !matches!(
                 cfg.activation_function.as_str(),
                 "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast"
-            ) {
-                return Err(Error::input(
-                    loc().field("activation_function"),
-                    format!(
-                        "`{}` is not supported (only the tanh GELU: gelu_new)",
-                        cfg.activation_function
-                    ),
-                ));
-            }
+            )
+        {
+            return Err(Error::input(
+                loc().field("activation_function"),
+                format!(
+                    "`{}` is not supported (only the tanh GELU: gelu_new)",
+                    cfg.activation_function
+                ),
+            ));
         }
         let token_id = |key: &str| {
             raw.get(key).and_then(|v| match v {

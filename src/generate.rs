@@ -61,17 +61,17 @@ impl Sampler {
         }
         let t = self.options.temperature as f32;
         let mut scores: Vec<f32> = logits.iter().map(|l| l / t).collect();
-        if let Some(k) = self.options.top_k {
-            if k < scores.len() {
-                // transformers' TopKLogitsWarper: drop everything below the k-th largest score.
-                let mut sorted = scores.clone();
-                sorted.sort_by(|a, b| b.total_cmp(a));
-                let kth = sorted[k - 1];
-                scores
-                    .iter_mut()
-                    .filter(|s| **s < kth)
-                    .for_each(|s| *s = f32::NEG_INFINITY);
-            }
+        if let Some(k) = self.options.top_k
+            && k < scores.len()
+        {
+            // transformers' TopKLogitsWarper: drop everything below the k-th largest score.
+            let mut sorted = scores.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kth = sorted[k - 1];
+            scores
+                .iter_mut()
+                .filter(|s| **s < kth)
+                .for_each(|s| *s = f32::NEG_INFINITY);
         }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut probs: Vec<f64> = scores.iter().map(|s| ((s - max) as f64).exp()).collect();
@@ -136,14 +136,14 @@ pub async fn generate(
     if prompt.is_empty() {
         return Err(Error::Invalid("the prompt has no tokens".into()));
     }
-    if let Some(limit) = model.max_positions() {
-        if prompt.len() + options.max_new_tokens > limit {
-            return Err(Error::Invalid(format!(
-                "prompt ({}) + max_new_tokens ({}) exceed the model's {limit} positions",
-                prompt.len(),
-                options.max_new_tokens
-            )));
-        }
+    if let Some(limit) = model.max_positions()
+        && prompt.len() + options.max_new_tokens > limit
+    {
+        return Err(Error::Invalid(format!(
+            "prompt ({}) + max_new_tokens ({}) exceed the model's {limit} positions",
+            prompt.len(),
+            options.max_new_tokens
+        )));
     }
     let mut sampler = Sampler::new(options.clone())?;
     let mut cache = model.new_cache();

@@ -1169,25 +1169,26 @@ fn tokenizer_json(file: &GgufFile) -> Result<String> {
         let id = || vocab.get(token).and_then(Value::as_u64);
         // 3 = CONTROL: a special token, unless it is spelled outside the byte alphabet (a
         // llama.cpp mislabel that transformers skips).
-        if ty == 3 && (kind == TokenizerKind::SentencePiece || in_alphabet(token)) {
-            if let Some(id) = id() {
-                added.insert(id, (token.to_string(), true));
-            }
+        if ty == 3
+            && (kind == TokenizerKind::SentencePiece || in_alphabet(token))
+            && let Some(id) = id()
+        {
+            added.insert(id, (token.to_string(), true));
         }
         // 4 = USER_DEFINED: matched whole in text, but not special.
-        if ty == 4 {
-            if let Some(id) = id() {
-                added.entry(id).or_insert((token.to_string(), false));
-            }
+        if ty == 4
+            && let Some(id) = id()
+        {
+            added.entry(id).or_insert((token.to_string(), false));
         }
     }
     // The named special tokens are special added tokens in transformers too.
     let specials = special_tokens(file, &tokens)?;
     for (_, token) in &specials {
-        if let Some(token) = token {
-            if let Some(id) = vocab.get(token.as_str()).and_then(Value::as_u64) {
-                added.entry(id).or_insert((token.clone(), true));
-            }
+        if let Some(token) = token
+            && let Some(id) = vocab.get(token.as_str()).and_then(Value::as_u64)
+        {
+            added.entry(id).or_insert((token.clone(), true));
         }
     }
     let added_tokens: Vec<Value> = added
@@ -1616,7 +1617,7 @@ mod tests {
         b.extend(4u64.to_le_bytes());
         b.extend(0u32.to_le_bytes());
         b.extend(96u64.to_le_bytes());
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         for row in 0..2 {

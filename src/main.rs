@@ -252,13 +252,13 @@ mod cli {
             }
             None => None,
         };
-        if let Some((_, state)) = &resume {
-            if state.task != task_name {
-                return Err(Error::Invalid(format!(
-                    "--resume-from holds a {} checkpoint, not {task_name}",
-                    state.task
-                )));
-            }
+        if let Some((_, state)) = &resume
+            && state.task != task_name
+        {
+            return Err(Error::Invalid(format!(
+                "--resume-from holds a {} checkpoint, not {task_name}",
+                state.task
+            )));
         }
 
         // The demo: DPO with no model and no data.
@@ -302,10 +302,11 @@ mod cli {
             Some((_, state)) => options = state.options.clone(),
             None => apply_overrides(&mut options, args, dpo.and_then(|d| d.beta)),
         }
-        if args.max_length.is_none() && resume.is_none() {
-            if let Some(limit) = options.fit_max_length(bundle.model.max_positions()) {
-                eprintln!("notice: --max-length defaults to the model's {limit} positions");
-            }
+        if args.max_length.is_none()
+            && resume.is_none()
+            && let Some(limit) = options.fit_max_length(bundle.model.max_positions())
+        {
+            eprintln!("notice: --max-length defaults to the model's {limit} positions");
         }
 
         // LoRA: fresh adapters, a given adapter, or the checkpoint's.
@@ -501,11 +502,13 @@ mod cli {
                     print_step(&report);
                 }
                 log.write(&report)?;
-                if args.eval_every > 0 && report.step % args.eval_every == 0 && !trainer.is_done() {
-                    if let Some(m) = trainer.evaluate().await? {
-                        print_eval("eval", report.step, &m);
-                        log.write(&eval_record(report.step, &m))?;
-                    }
+                if args.eval_every > 0
+                    && report.step % args.eval_every == 0
+                    && !trainer.is_done()
+                    && let Some(m) = trainer.evaluate().await?
+                {
+                    print_eval("eval", report.step, &m);
+                    log.write(&eval_record(report.step, &m))?;
                 }
                 if args.save_every > 0 && report.step % args.save_every == 0 && !trainer.is_done() {
                     let dir = output.join(format!("checkpoint-{}", report.step));

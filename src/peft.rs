@@ -146,13 +146,13 @@ pub fn parse_config(text: &str, source: &str) -> Result<LoraSettings> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| Error::input(at().line(e.line()), format!("invalid JSON: {e}")))?;
     let field = |k: &str| v.get(k).filter(|x| !x.is_null());
-    if let Some(t) = field("peft_type").and_then(Value::as_str) {
-        if t != "LORA" {
-            return Err(Error::input(
-                at().field("peft_type"),
-                format!("`{t}` adapters are not supported (LORA is)"),
-            ));
-        }
+    if let Some(t) = field("peft_type").and_then(Value::as_str)
+        && t != "LORA"
+    {
+        return Err(Error::input(
+            at().field("peft_type"),
+            format!("`{t}` adapters are not supported (LORA is)"),
+        ));
     }
     if field("use_dora").and_then(Value::as_bool) == Some(true) {
         return Err(Error::input(

@@ -219,12 +219,12 @@ impl Trainer {
         if options.batch_size == 0 || options.eval_batch_size == 0 {
             return Err(Error::Invalid("batch sizes must be at least 1".into()));
         }
-        if let (Some(max_len), Some(limit)) = (options.max_length, policy.max_positions()) {
-            if max_len > limit {
-                return Err(Error::Invalid(format!(
-                    "--max-length {max_len} exceeds the model's {limit} positions"
-                )));
-            }
+        if let (Some(max_len), Some(limit)) = (options.max_length, policy.max_positions())
+            && max_len > limit
+        {
+            return Err(Error::Invalid(format!(
+                "--max-length {max_len} exceeds the model's {limit} positions"
+            )));
         }
         let objective = match task {
             Task::Dpo {
