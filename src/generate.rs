@@ -164,12 +164,17 @@ pub async fn generate(
     Ok(out)
 }
 
-/// Turns a growing list of token ids into text deltas, holding back an incomplete UTF-8 sequence
-/// (byte-level BPE splits characters across tokens).
+/// Turns a growing list of token ids into text deltas, holding back a possibly incomplete UTF-8
+/// sequence (byte-level BPE and byte fallback split characters across tokens).
+///
+/// The deltas join to the decoded text, except in one case no stream can undo: with sentencepiece
+/// byte fallback, a byte token that follows a complete character can turn the whole byte run
+/// into invalid UTF-8 (`�` per byte), rewriting text already emitted; the stream then goes on
+/// after it. Use the full decode of the ids, not the joined deltas, as the final text.
 pub struct TextStream<'a> {
     tokenizer: &'a TextTokenizer,
     ids: Vec<u32>,
-    emitted: usize,
+    emitted: String,
 }
 
 impl<'a> TextStream<'a> {
@@ -177,7 +182,7 @@ impl<'a> TextStream<'a> {
         Self {
             tokenizer,
             ids: Vec::new(),
-            emitted: 0,
+            emitted: String::new(),
         }
     }
 
@@ -185,12 +190,32 @@ impl<'a> TextStream<'a> {
     pub fn push(&mut self, token: u32) -> Result<String> {
         self.ids.push(token);
         let text = self.tokenizer.decode_skipping_special(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
+        if text.ends_with('\u{FFFD}') {
             return Ok(String::new());
         }
-        let delta = text[self.emitted..].to_string();
-        self.emitted = text.len();
-        Ok(delta)
+        Ok(self.advance(text))
+    }
+
+    /// What is still held back (a trailing `�` at the end of generation).
+    pub fn finish(&mut self) -> Result<String> {
+        let text = self.tokenizer.decode_skipping_special(&self.ids)?;
+        Ok(self.advance(text))
+    }
+
+    fn advance(&mut self, text: String) -> String {
+        let delta = match text.strip_prefix(self.emitted.as_str()) {
+            Some(new) => new.to_string(),
+            None => {
+                // The tail was rewritten: continue after as much as was emitted.
+                let mut at = self.emitted.len().min(text.len());
+                while !text.is_char_boundary(at) {
+                    at += 1;
+                }
+                text[at..].to_string()
+            }
+        };
+        self.emitted = text;
+        delta
     }
 }
 

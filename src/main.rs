@@ -687,6 +687,9 @@ mod cli {
                 true
             },
         ))?;
+        if let Ok(rest) = stream.finish() {
+            let _ = stdout.write_all(rest.as_bytes());
+        }
         println!();
         let total = started.elapsed().as_secs_f64();
         let prefill = first_token.map_or(total, |d| d.as_secs_f64());

@@ -539,7 +539,6 @@ impl Trainer {
                     .next()
                     .expect("model has a device");
                 let mut stream = TextStream::new(tokenizer);
-                let mut text = String::new();
                 let started = web_time::Instant::now();
                 // `onToken` returning `false` (or throwing) stops generation after that token.
                 let mut keep_going = true;
@@ -551,7 +550,6 @@ impl Trainer {
                     &device,
                     |token| {
                         if let Ok(delta) = stream.push(token) {
-                            text.push_str(&delta);
                             if let Some(f) = &on_token {
                                 let delta = JsValue::from_str(&delta);
                                 match f.call2(&JsValue::NULL, &delta, &JsValue::from(token)) {
@@ -567,6 +565,10 @@ impl Trainer {
                 .await
                 .map_err(js_error)?;
                 let seconds = started.elapsed().as_secs_f64();
+                // The full decode, not the joined deltas (see `TextStream`).
+                let text = tokenizer
+                    .decode_skipping_special(&new_tokens)
+                    .map_err(js_error)?;
                 to_js(&GenerateResult {
                     text,
                     prompt_tokens: prompt_ids.len(),

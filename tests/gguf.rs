@@ -697,3 +697,45 @@ fn qwen2_gguf_matches_transformers() {
         eprintln!("{backend}: Qwen2 GGUF worst relative logit error {worst:.2e}");
     }
 }
+
+/// Streaming text from sentencepiece byte-fallback tokens never panics, even when a byte token
+/// turns an already streamed character into invalid UTF-8, and ordinary text streams exactly.
+#[test]
+fn sentencepiece_text_stream_survives_rewritten_bytes() {
+    use dpo_wgpu::generate::TextStream;
+    let (texts, _) = spm_texts();
+    let config = ModelConfig::from_json(&texts.config_json, "config.json").unwrap();
+    let tokenizer = text_tokenizer(texts, &config);
+    let byte = |b: u8| 3 + b as u32; // <0x00> is id 3 (after <unk>, <s>, </s>)
+    let the = tokenizer.encode_with(" the", false).unwrap();
+    // "é" as bytes, then a stray continuation byte that invalidates the run (3 × "�", so the
+    // 2 bytes already streamed end inside a character), then " the".
+    let mut ids = vec![byte(0xC3), byte(0xA9), byte(0x80)];
+    ids.extend(&the);
+    let mut stream = TextStream::new(&tokenizer);
+    let mut deltas = Vec::new();
+    for &id in &ids {
+        deltas.push(stream.push(id).unwrap());
+    }
+    deltas.push(stream.finish().unwrap());
+    assert_eq!(deltas[0], "", "incomplete character held back");
+    assert_eq!(deltas[1], "é");
+    let full = tokenizer.decode_skipping_special(&ids).unwrap();
+    assert!(
+        full.starts_with("\u{FFFD}") && full.ends_with(" the"),
+        "{full:?}"
+    );
+    assert!(deltas.concat().ends_with(" the"), "{deltas:?}");
+
+    // Ordinary text: the deltas join to the decode, and a trailing incomplete character comes
+    // out of finish().
+    let mut ids = tokenizer
+        .encode_with("Hello, 日本 world the", false)
+        .unwrap();
+    ids.push(byte(0xE8));
+    let mut stream = TextStream::new(&tokenizer);
+    let mut joined: String = ids.iter().map(|&id| stream.push(id).unwrap()).collect();
+    assert!(!joined.ends_with('\u{FFFD}'));
+    joined.push_str(&stream.finish().unwrap());
+    assert_eq!(joined, tokenizer.decode_skipping_special(&ids).unwrap());
+}

@@ -114,8 +114,10 @@
  *       `system`, if given) in the model's chat template. newTokens are the
  *       new token ids (an EOS that stopped it included); text is their decoded text without
  *       special tokens. onToken(textDelta, tokenId) is called once per new token, in order, as
- *       the worker produces it (a delta may be "" while a UTF-8 character is incomplete), and the
- *       deltas concatenate to `text`. An aborted `signal` asks the worker to stop after the token
+ *       the worker produces it (a delta may be "" while a UTF-8 character is incomplete); the
+ *       deltas concatenate to `text`, except when byte-fallback tokens end as invalid UTF-8 (a
+ *       trailing incomplete character, or a byte that invalidates one already streamed): `text`
+ *       is always the full decode. An aborted `signal` asks the worker to stop after the token
  *       in progress; the promise then resolves with the tokens so far and aborted: true.
  *   trainer.exportModel() -> Promise<{ [fileName]: Uint8Array }>  config.json, model.safetensors,
  *       tokenizer.json, ...; with loraRank (and not mergeLora) adapter_config.json,

@@ -14,9 +14,11 @@
 //                            tests/fixtures/data.jsonl, then a LoRA run exports a PEFT adapter;
 //                            the same weights split into 2 shards (model.safetensors.index.json)
 //                            give the same greedy ids and loss
-//   4. modelUrl errors       a folder without config.json, and an index naming a missing shard,
+//   4. GGUF by URL           the tiny sentencepiece-Llama and Qwen2 GGUF files of tests/fixtures:
+//                            prompt ids and greedy ids equal transformers', a DPO step runs
+//   5. modelUrl errors       a folder without config.json, and an index naming a missing shard,
 //                            are rejected with clear messages
-//   5. no WebGPU             a browser without --enable-unsafe-webgpu shows the clear message,
+//   6. no WebGPU             a browser without --enable-unsafe-webgpu shows the clear message,
 //                            and DpoTrainer.create() rejects with WebGpuUnavailableError
 // Prints "<n> passed, <m> failed" last; exits non-zero on any failure. Everything is bounded
 // by timeouts.
@@ -40,7 +42,7 @@ import { chromium } from "playwright-core";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const DIST = path.resolve(process.env.DPO_DIST ?? path.join(root, "dist"));
 const FIXTURES = path.join(root, "tests", "fixtures");
-const TEST_COUNT = 5;
+const TEST_COUNT = 6;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const STEPS = Number(process.env.DPO_TEST_STEPS ?? 12);
 const EMBED_STEPS = Number(process.env.DPO_EMBED_STEPS ?? 8);
@@ -533,6 +535,49 @@ async function testModelUrl(browser, base) {
   };
 }
 
+async function testGgufUrls(browser, base) {
+  // The tiny GGUF files of tests/fixtures: a sentencepiece-vocabulary Llama (TinyLlama-style) and a
+  // Qwen2 (byte-level BPE with the qwen2 split): GGUF parsing, dequantization, both tokenizers
+  // and greedy decoding in wasm, against transformers' ids.
+  const cases = [
+    ["spm_gguf", "tiny-llama-spm.gguf"],
+    ["qwen2_gguf", "tiny-qwen2.gguf"],
+  ].map(([dir, file]) => {
+    const expected = JSON.parse(fs.readFileSync(path.join(FIXTURES, dir, "expected.json"), "utf8"));
+    const { text, ids, new_ids: newIds } = expected.generation[0];
+    return { url: `/fixtures/${dir}/${file}`, text, ids, newIds };
+  });
+  const r = await runInPage(browser, base, "gguf", async (cases) => {
+    const { DpoTrainer } = await import("/web/dpo-trainer.js");
+    const out = [];
+    for (const c of cases) {
+      const trainer = await DpoTrainer.create({
+        modelUrl: c.url,
+        trainData: [{ prompt: "The movie was", chosen: " great.", rejected: " awful." }],
+        maxSteps: 1,
+      });
+      const info = await trainer.info();
+      const generated = await trainer.generate(c.text, { maxNewTokens: c.newIds.length });
+      const losses = (await trainer.train()).map((x) => x.loss);
+      trainer.terminate();
+      out.push({ family: info.family, generated, losses });
+    }
+    return out;
+  }, cases, TEST_TIMEOUT_S * 1000);
+  const details = [];
+  r.forEach((got, i) => {
+    const c = cases[i];
+    const g = got.generated;
+    assert(got.family === (i === 0 ? "llama" : "qwen2"), `${c.url}: family (got ${got.family})`);
+    assert(g.promptTokens === c.ids.length, `${c.url}: ${g.promptTokens} prompt tokens == transformers' ${c.ids.length}`);
+    assert(JSON.stringify(g.newTokens) === JSON.stringify(c.newIds),
+      `${c.url}: greedy ids ${JSON.stringify(g.newTokens)} == transformers' ${JSON.stringify(c.newIds)}`);
+    assert(got.losses.length === 1 && isNum(got.losses[0]), `${c.url}: one finite DPO loss (got ${got.losses})`);
+    details.push(`${c.url.split("/").pop()}: ${g.newTokens.length} ids match, ${g.tokensPerSecond.toFixed(2)} tokens/s`);
+  });
+  return { detail: details.join("; ") };
+}
+
 async function testModelUrlErrors(browser, base) {
   const r = await runInPage(browser, base, "modelUrl-errors", async () => {
     const { DpoTrainer } = await import("/web/dpo-trainer.js");
@@ -661,6 +706,8 @@ async function main() {
       needBrowser(() => testEmbed(browser, base)));
     await run("modelUrl: tiny Llama from /fixtures/llama/policy/, greedy ids == transformers, DPO, LoRA export, 2 shards",
       needBrowser(() => testModelUrl(browser, base)));
+    await run("GGUF by URL: sentencepiece Llama and Qwen2, greedy ids == transformers, a DPO step",
+      needBrowser(() => testGgufUrls(browser, base)));
     await run("modelUrl errors: missing config.json, missing shard, malformed hf:",
       needBrowser(() => testModelUrlErrors(browser, base)));
     await closeBrowser(browser);
