@@ -408,31 +408,7 @@ fn ids(v: &Value) -> Vec<u32> {
 fn sentencepiece_tokenizer_json_matches_transformers() {
     let exp = spm_expected();
     let (texts, _) = spm_texts();
-    let ours: Value = serde_json::from_str(&texts.tokenizer_json).unwrap();
-    let theirs = &exp["tokenizer_json"];
-    for key in [
-        "added_tokens",
-        "normalizer",
-        "pre_tokenizer",
-        "post_processor",
-        "decoder",
-    ] {
-        assert_eq!(ours[key], theirs[key], "tokenizer.json `{key}`");
-    }
-    for (key, value) in theirs["model"].as_object().unwrap() {
-        if key == "merges" {
-            // The first difference, not two 200-line arrays.
-            let (o, t) = (
-                ours["model"][key].as_array().unwrap(),
-                value.as_array().unwrap(),
-            );
-            if let Some(i) = (0..o.len().min(t.len())).find(|&i| o[i] != t[i]) {
-                panic!("merge {i}: ours {}, transformers {}", o[i], t[i]);
-            }
-            assert_eq!(o.len(), t.len(), "number of merges");
-        }
-        assert_eq!(&ours["model"][key], value, "tokenizer.json model `{key}`");
-    }
+    let ours = assert_tokenizer_json_matches(&texts.tokenizer_json, &exp["tokenizer_json"]);
     let merges = ours["model"]["merges"].as_array().unwrap().len();
     assert!(merges > 200, "only {merges} merges recovered");
 
@@ -444,6 +420,36 @@ fn sentencepiece_tokenizer_json_matches_transformers() {
         );
     }
     assert_eq!(tc["add_bos_token"], Value::Bool(true));
+}
+
+/// Our tokenizer.json against the one transformers built: the pipeline sections and every field of
+/// the BPE model (vocabulary, merges in order). Returns ours, parsed.
+fn assert_tokenizer_json_matches(ours: &str, theirs: &Value) -> Value {
+    let ours: Value = serde_json::from_str(ours).unwrap();
+    for key in [
+        "added_tokens",
+        "normalizer",
+        "pre_tokenizer",
+        "post_processor",
+        "decoder",
+    ] {
+        assert_eq!(ours[key], theirs[key], "tokenizer.json `{key}`");
+    }
+    for (key, value) in theirs["model"].as_object().unwrap() {
+        if key == "merges" {
+            // The first difference, not two long arrays.
+            let (o, t) = (
+                ours["model"][key].as_array().unwrap(),
+                value.as_array().unwrap(),
+            );
+            if let Some(i) = (0..o.len().min(t.len())).find(|&i| o[i] != t[i]) {
+                panic!("merge {i}: ours {}, transformers {}", o[i], t[i]);
+            }
+            assert_eq!(o.len(), t.len(), "number of merges");
+        }
+        assert_eq!(&ours["model"][key], value, "tokenizer.json model `{key}`");
+    }
+    ours
 }
 
 /// Token ids (with and without BOS) and decoding agree with transformers on text that needs the
@@ -661,23 +667,7 @@ fn qwen2_gguf_matches_transformers() {
     assert!(matches!(config.architecture, Architecture::Qwen2(_)));
 
     // tokenizer.json: the `qwen2` split before byte-level BPE, as transformers builds it
-    let tokenizer_json: Value = serde_json::from_str(&texts.tokenizer_json).unwrap();
-    let theirs = &exp["tokenizer_json"];
-    for key in [
-        "added_tokens",
-        "normalizer",
-        "pre_tokenizer",
-        "post_processor",
-        "decoder",
-    ] {
-        assert_eq!(tokenizer_json[key], theirs[key], "tokenizer.json `{key}`");
-    }
-    for (key, value) in theirs["model"].as_object().unwrap() {
-        assert_eq!(
-            &tokenizer_json["model"][key], value,
-            "tokenizer.json model `{key}`"
-        );
-    }
+    assert_tokenizer_json_matches(&texts.tokenizer_json, &exp["tokenizer_json"]);
     let tokenizer = text_tokenizer(texts, &config);
     for e in exp["encodings"].as_array().unwrap() {
         let text = e["text"].as_str().unwrap();
