@@ -13,10 +13,11 @@ use std::time::Instant;
 
 use burn::module::{Lora, Module, ParamGroup};
 use dpo_wgpu::backend::{BackendChoice, select};
-use dpo_wgpu::data::{PreferencePair, tokenize_pairs};
-use dpo_wgpu::files::load_model_dir;
-use dpo_wgpu::peft::{self, LoraSettings};
-use dpo_wgpu::train::{Task, TrainOptions, Trainer};
+use dpo_wgpu::io::native::files::load_model;
+use dpo_wgpu::text::rows::{Jsonl, PreferencePair};
+use dpo_wgpu::text::tokenize::tokenize_pairs;
+use dpo_wgpu::train::options::{OptionOverrides, Task};
+use dpo_wgpu::train::run::{LoraRequest, Run, RunSpec};
 
 /// `lora`/`burn-lora` adapt q and v (PEFT's default); `-all` every projection.
 const CONFIGS: [&str; 5] = ["full", "lora", "burn-lora", "lora-all", "burn-lora-all"];
@@ -69,48 +70,43 @@ fn pairs() -> Vec<PreferencePair> {
 }
 
 fn run_one(config: &str, backend: BackendChoice, steps: usize) {
-    let device = select(backend).unwrap().device;
+    let selected = select(backend).unwrap();
+    let device = selected.device.clone();
     let loaded = Instant::now();
-    let bundle = load_model_dir(Path::new(GGUF), &device).unwrap();
+    let mut bundle = load_model(Path::new(GGUF), &device).unwrap();
     let load_seconds = loaded.elapsed().as_secs_f64();
-    let options = TrainOptions {
-        learning_rate: 1e-5,
-        batch_size: 4,
-        max_steps: Some(steps),
-        max_length: Some(256),
-        ..TrainOptions::default()
-    };
-    let train = tokenize_pairs(&pairs(), &bundle.tokenizer, options.max_length)
+    // Tokens in one step's batch: 4 pairs, chosen and rejected rows each with the prompt.
+    let tokens: usize = tokenize_pairs(&pairs(), &bundle.tokenizer, Some(256))
         .unwrap()
-        .rows;
-    let tokens: usize = train
+        .rows
         .iter()
         .take(4)
         .map(|p| 2 * p.prompt_ids.len() + p.chosen_ids.len() + p.rejected_ids.len())
         .sum();
-    let model = bundle.model;
+    let jsonl = pairs()
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
     let targets: Vec<String> = if config.ends_with("-all") {
         vec!["all-linear".into()]
     } else {
         vec!["q_proj".into(), "v_proj".into()]
     };
-    let (policy, reference) = match config {
-        "full" => (model, None),
+    let mut lora = None;
+    let mut reference = None;
+    match config {
+        "full" => {}
         "lora" | "lora-all" => {
-            let settings = LoraSettings {
+            lora = Some(LoraRequest {
                 rank: 8,
-                alpha: 16.0,
-                targets,
-                use_rslora: false,
-            };
-            let reference = model.valid();
-            (
-                peft::attach(model, &settings, 0, &device).unwrap(),
-                Some(reference),
-            )
+                alpha: Some(16.0),
+                targets: Some(targets),
+            })
         }
         "burn-lora" | "burn-lora-all" => {
-            let mut m = model.clone();
+            // burn's own adapters, with the frozen base as the explicit reference.
+            let mut m = bundle.model.clone();
             let all = config.ends_with("-all");
             let ids = m
                 .projections_mut()
@@ -118,20 +114,32 @@ fn run_one(config: &str, backend: BackendChoice, steps: usize) {
                 .filter(|(name, _)| all || name.ends_with("q_proj") || name.ends_with("v_proj"))
                 .map(|(_, p)| p.linear.weight.id)
                 .collect();
-            let reference = model.valid();
-            let policy =
-                model.apply_lora(Lora::new(8, 16.0).set_param_group(ParamGroup::from_ids(ids)));
-            (policy, Some(reference))
+            reference = Some(bundle.model.valid());
+            bundle.model = bundle
+                .model
+                .apply_lora(Lora::new(8, 16.0).set_param_group(ParamGroup::from_ids(ids)));
         }
         other => panic!("unknown config {other}"),
-    };
-    let task = Task::Dpo {
-        train,
-        eval: Vec::new(),
+    }
+    let spec = RunSpec {
+        model: Some(bundle),
+        model_label: GGUF.into(),
+        rows: Some(Jsonl {
+            source: "bench pairs".into(),
+            text: jsonl,
+        }),
+        overrides: OptionOverrides {
+            learning_rate: Some(1e-5),
+            batch_size: Some(4),
+            max_steps: Some(steps),
+            max_length: Some(256),
+            ..OptionOverrides::default()
+        },
+        lora,
         reference,
+        ..RunSpec::new(Task::Dpo)
     };
-    let mut trainer =
-        Trainer::with_task(policy, task, bundle.tokenizer.pad_id, options, &device).unwrap();
+    let mut trainer = Run::new(spec, &selected).unwrap().trainer;
     let mut seconds = Vec::new();
     let mut loss = f64::NAN;
     pollster::block_on(trainer.run(|r| {

@@ -22,9 +22,10 @@ impl FromStr for BackendChoice {
             "auto" => Ok(Self::Auto),
             "wgpu" | "gpu" => Ok(Self::Wgpu),
             "cpu" | "flex" => Ok(Self::Cpu),
-            other => Err(Error::Invalid(format!(
-                "unknown backend `{other}` (auto, wgpu or cpu)"
-            ))),
+            other => Err(Error::setting(
+                "backend",
+                format!("unknown backend `{other}` (auto, wgpu or cpu)"),
+            )),
         }
     }
 }
@@ -34,6 +35,8 @@ impl FromStr for BackendChoice {
 pub struct SelectedDevice {
     pub device: Device,
     pub description: String,
+    /// Why `Auto` fell back to the CPU, for the shell to show.
+    pub fallback_reason: Option<String>,
 }
 
 fn describe(setup: &burn::tensor::wgpu::WgpuSetup) -> String {
@@ -59,10 +62,11 @@ pub async fn init_wgpu_async() -> Result<SelectedDevice> {
     Ok(SelectedDevice {
         description: describe(&setup),
         device,
+        fallback_reason: None,
     })
 }
 
-/// Native selection. `Auto` falls back to the CPU with a notice on stderr.
+/// Native selection. `Auto` falls back to the CPU, saying why in `fallback_reason`.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn select(choice: BackendChoice) -> Result<SelectedDevice> {
     let cpu = || SelectedDevice {
@@ -71,6 +75,7 @@ pub fn select(choice: BackendChoice) -> Result<SelectedDevice> {
             "cpu (flex, {} threads)",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
+        fallback_reason: None,
     };
     match choice {
         BackendChoice::Cpu => Ok(cpu()),
@@ -81,14 +86,15 @@ pub fn select(choice: BackendChoice) -> Result<SelectedDevice> {
             Ok(SelectedDevice {
                 description: describe(&setup),
                 device,
+                fallback_reason: None,
             })
         }
         BackendChoice::Auto => match select(BackendChoice::Wgpu) {
             Ok(selected) => Ok(selected),
-            Err(e) => {
-                eprintln!("notice: {e}; falling back to the CPU backend");
-                Ok(cpu())
-            }
+            Err(e) => Ok(SelectedDevice {
+                fallback_reason: Some(e.to_string()),
+                ..cpu()
+            }),
         },
     }
 }

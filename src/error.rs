@@ -1,4 +1,6 @@
-//! Errors a user can act on: each names the file (and line and field where there is one).
+//! Errors a user can act on: each names the file (and line and field where there is one), or the
+//! setting and its value. Nothing here names a CLI flag or a JavaScript option: the shells
+//! translate `Error::Setting`'s field into their own names.
 
 use std::fmt;
 
@@ -65,6 +67,12 @@ pub enum Error {
     #[error("device readback failed: {0}")]
     Readback(String),
 
+    /// A setting of the run (a training option, a LoRA setting, which model or data to use)
+    /// that cannot work. `field` is the setting's name in the core (`max_length`, `lora_rank`,
+    /// `data`); each shell maps it to its own spelling (a CLI flag, a JavaScript option).
+    #[error("{field}: {message}")]
+    Setting { field: String, message: String },
+
     /// A request that cannot be satisfied with these settings.
     #[error("{0}")]
     Invalid(String),
@@ -74,6 +82,13 @@ impl Error {
     pub fn input(location: Location, message: impl Into<String>) -> Self {
         Error::Input {
             location,
+            message: message.into(),
+        }
+    }
+
+    pub fn setting(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Setting {
+            field: field.into(),
             message: message.into(),
         }
     }

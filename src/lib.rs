@@ -1,30 +1,17 @@
 //! dpo-wgpu: Direct Preference Optimization for language models on wgpu, natively and in the
-//! browser. The core (model, data, loss, training loop) is written once and knows nothing of
-//! terminals or tabs; `main.rs` (CLI) and `web.rs` (wasm-bindgen) are thin shells over it.
+//! browser. Layers, each depending only on those above it in this list (see ARCHITECTURE.md):
+//! `model` (configs, families, LoRA layers, scoring, generation) · `text` (tokenizer, chat
+//! templates, rows, TRL tokenization and collation) · `io` (safetensors, GGUF, PEFT, exports;
+//! `io::native` for files and the Hub) · `train` (options, objectives, the loop, checkpoints,
+//! runs). The shells sit on top: the CLI (`src/cli/`, the binary) and the wasm-bindgen layer
+//! (`wasm`). Nothing below the shells prints or names a CLI flag.
 
 pub mod backend;
-pub mod bundle;
-pub mod chat;
-pub mod checkpoint;
-pub mod config;
-pub mod data;
-pub mod demo;
-pub mod dpo;
 pub mod error;
-pub mod generate;
-pub mod gguf;
+pub mod io;
 pub mod model;
-pub mod optim;
-pub mod peft;
-pub mod sft;
-pub mod tokenizer;
+pub mod text;
 pub mod train;
-pub mod weights;
-
-#[cfg(not(target_arch = "wasm32"))]
-pub mod files;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod hub;
 
 #[cfg(target_arch = "wasm32")]
-pub mod web;
+pub mod wasm;

@@ -72,8 +72,8 @@ fn train_writes_a_loadable_hugging_face_directory() {
     assert_eq!(steps.len(), 2);
     // The export loads back, and its weights moved away from the start.
     let device = common::cpu();
-    let trained = dpo_wgpu::files::load_model_dir(out.path(), &device).unwrap();
-    let start = dpo_wgpu::files::load_model_dir(&model, &device).unwrap();
+    let trained = dpo_wgpu::io::native::files::load_model(out.path(), &device).unwrap();
+    let start = dpo_wgpu::io::native::files::load_model(&model, &device).unwrap();
     let ids = [1, 2, 3, 4];
     let a = trained
         .model

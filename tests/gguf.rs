@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use common::{cpu, wgpu};
-use dpo_wgpu::bundle::ModelBundle;
-use dpo_wgpu::config::{Architecture, ModelConfig};
-use dpo_wgpu::gguf::gguf_model_texts_and_weights;
-use dpo_wgpu::weights::FileBytes;
+use dpo_wgpu::io::bundle::ModelBundle;
+use dpo_wgpu::io::gguf::model_texts_and_weights;
+use dpo_wgpu::io::safetensors::FileBytes;
+use dpo_wgpu::model::config::{Architecture, ModelConfig};
 use serde_json::Value;
 
 const GGUF: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -56,8 +56,7 @@ fn load(device: &Device) -> ModelBundle {
     let path = model_path();
     let start = Instant::now();
     let label = path.display().to_string();
-    let (texts, weights) =
-        gguf_model_texts_and_weights(&label, FileBytes::map(&path).unwrap()).unwrap();
+    let (texts, weights) = model_texts_and_weights(&label, FileBytes::map(&path).unwrap()).unwrap();
     let bundle = ModelBundle::load(texts, &weights, device).unwrap();
     eprintln!("loaded {GGUF} in {:.2?}", start.elapsed());
     bundle
@@ -65,10 +64,10 @@ fn load(device: &Device) -> ModelBundle {
 
 /// The tokenizer training uses, built from the texts a GGUF gives.
 fn text_tokenizer(
-    texts: dpo_wgpu::bundle::ModelTexts,
+    texts: dpo_wgpu::io::model_dir::ModelTexts,
     config: &ModelConfig,
-) -> dpo_wgpu::tokenizer::TextTokenizer {
-    dpo_wgpu::tokenizer::TextTokenizer::from_json(
+) -> dpo_wgpu::text::tokenizer::TextTokenizer {
+    dpo_wgpu::text::tokenizer::TextTokenizer::from_json(
         texts.tokenizer_json,
         texts.tokenizer_config_json,
         config.eos_token_id,
@@ -87,7 +86,7 @@ fn config_and_tokenizer_match_transformers() {
     let path = model_path();
     let start = Instant::now();
     let (texts, _weights) =
-        gguf_model_texts_and_weights("smollm2.gguf", FileBytes::map(&path).unwrap()).unwrap();
+        model_texts_and_weights("smollm2.gguf", FileBytes::map(&path).unwrap()).unwrap();
     eprintln!("parsed header + built texts in {:.2?}", start.elapsed());
 
     // config.json: every key we write has transformers' value (architectures aside: transformers
@@ -303,8 +302,8 @@ fn logits_match_transformers() {
     // CPU, through the CLI's path: `load_model_dir` accepts a .gguf file.
     let device = cpu();
     let start = Instant::now();
-    let bundle = dpo_wgpu::files::load_model_dir(&model_path(), &device).unwrap();
-    eprintln!("cpu: load_model_dir(.gguf) in {:.2?}", start.elapsed());
+    let bundle = dpo_wgpu::io::native::files::load_model(&model_path(), &device).unwrap();
+    eprintln!("cpu: load_model(.gguf) in {:.2?}", start.elapsed());
     let worst = prompts
         .iter()
         .map(|p| check_prompt("cpu", &bundle, p, &device))
@@ -325,7 +324,7 @@ fn logits_match_transformers() {
 /// The chat template from the GGUF, rendered by our Jinja engine, gives transformers' text and ids.
 #[test]
 fn chat_template_matches_transformers() {
-    use dpo_wgpu::chat::{Message, encode, render};
+    use dpo_wgpu::text::chat::{Message, encode, render};
     let exp = expected();
     let case = &exp["generation"][1];
     let bundle = load(&cpu());
@@ -345,7 +344,7 @@ fn chat_template_matches_transformers() {
 /// Greedy decoding with the KV cache gives transformers' tokens, stopping at `<|im_end|>`.
 #[test]
 fn greedy_generation_matches_transformers() {
-    use dpo_wgpu::generate::{SamplingOptions, generate};
+    use dpo_wgpu::model::generate::{SamplingOptions, generate};
     let exp = expected();
     let mut devices = vec![("cpu", cpu())];
     devices.extend(wgpu().map(|d| ("wgpu", d)));
@@ -392,9 +391,12 @@ fn spm_expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-fn spm_texts() -> (dpo_wgpu::bundle::ModelTexts, dpo_wgpu::gguf::GgufWeights) {
+fn spm_texts() -> (
+    dpo_wgpu::io::model_dir::ModelTexts,
+    dpo_wgpu::io::gguf::GgufWeights,
+) {
     let path = root().join(SPM_DIR).join("tiny-llama-spm.gguf");
-    gguf_model_texts_and_weights("tiny-llama-spm.gguf", FileBytes::map(&path).unwrap()).unwrap()
+    model_texts_and_weights("tiny-llama-spm.gguf", FileBytes::map(&path).unwrap()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -485,7 +487,7 @@ fn sentencepiece_encodings_and_chat_match_transformers() {
         );
     }
 
-    use dpo_wgpu::chat::{Message, render};
+    use dpo_wgpu::text::chat::{Message, render};
     let messages: Vec<Message> = exp["chat"]
         .as_array()
         .unwrap()
@@ -522,7 +524,7 @@ fn check_logits_and_greedy(
     exp: &Value,
     device: &Device,
 ) -> f64 {
-    use dpo_wgpu::generate::{SamplingOptions, generate};
+    use dpo_wgpu::model::generate::{SamplingOptions, generate};
     let mut worst = 0.0f64;
     for prompt in exp["logits"].as_array().unwrap() {
         let ours = common::logits_of(&bundle.model, &ids(&prompt["ids"]), device);
@@ -568,10 +570,11 @@ fn check_logits_and_greedy(
 /// `evaluate()` metrics (reference = the same weights, so the log-probs carry the comparison).
 #[test]
 fn sentencepiece_gguf_dpo_eval_matches_trl() {
-    use dpo_wgpu::data::{parse_jsonl, tokenize_pairs};
+    use dpo_wgpu::text::rows::parse_jsonl;
+    use dpo_wgpu::text::tokenize::tokenize_pairs;
     let exp = spm_expected();
     let gguf = root().join(SPM_DIR).join("tiny-llama-spm.gguf");
-    let bundle = dpo_wgpu::files::load_model_dir(&gguf, &cpu()).unwrap();
+    let bundle = dpo_wgpu::io::native::files::load_model(&gguf, &cpu()).unwrap();
     for name in ["pairs", "chat_pairs"] {
         let case = &exp["dpo"][name];
         let data = root().join(SPM_DIR).join(format!("{name}.jsonl"));
@@ -650,7 +653,7 @@ fn qwen2_gguf_matches_transformers() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let gguf = dir.join("tiny-qwen2.gguf");
     let (texts, _) =
-        gguf_model_texts_and_weights("tiny-qwen2.gguf", FileBytes::map(&gguf).unwrap()).unwrap();
+        model_texts_and_weights("tiny-qwen2.gguf", FileBytes::map(&gguf).unwrap()).unwrap();
 
     // config.json: Qwen2, every key we write has transformers' value
     let ours: Value = serde_json::from_str(&texts.config_json).unwrap();
@@ -682,7 +685,7 @@ fn qwen2_gguf_matches_transformers() {
     let mut devices = vec![("cpu", cpu())];
     devices.extend(wgpu().map(|d| ("wgpu", d)));
     for (backend, device) in devices {
-        let bundle = dpo_wgpu::files::load_model_dir(&gguf, &device).unwrap();
+        let bundle = dpo_wgpu::io::native::files::load_model(&gguf, &device).unwrap();
         let worst = check_logits_and_greedy(backend, &bundle, &exp, &device);
         eprintln!("{backend}: Qwen2 GGUF worst relative logit error {worst:.2e}");
     }
@@ -692,7 +695,7 @@ fn qwen2_gguf_matches_transformers() {
 /// turns an already streamed character into invalid UTF-8, and ordinary text streams exactly.
 #[test]
 fn sentencepiece_text_stream_survives_rewritten_bytes() {
-    use dpo_wgpu::generate::TextStream;
+    use dpo_wgpu::text::stream::TextStream;
     let (texts, _) = spm_texts();
     let config = ModelConfig::from_json(&texts.config_json, "config.json").unwrap();
     let tokenizer = text_tokenizer(texts, &config);

@@ -5,12 +5,13 @@ mod common;
 
 use burn::tensor::Device;
 use common::{assert_close, devices, fixtures};
-use dpo_wgpu::bundle::ModelBundle;
-use dpo_wgpu::files::{load_adapter_dir, load_model_dir};
-use dpo_wgpu::generate::{SamplingOptions, generate};
+use dpo_wgpu::io::bundle::{ExportSpec, ModelBundle};
+use dpo_wgpu::io::native::files::{load_adapter, load_model};
+use dpo_wgpu::io::peft;
+use dpo_wgpu::io::safetensors::{FileBytes, SafetensorsSource};
 use dpo_wgpu::model::CausalLm;
-use dpo_wgpu::peft;
-use dpo_wgpu::weights::{FileBytes, SafetensorsSource, WeightSource};
+use dpo_wgpu::model::generate::{SamplingOptions, generate};
+use dpo_wgpu::model::weights::WeightSource;
 use serde_json::Value;
 
 const FAMILIES: [&str; 3] = ["gpt2", "llama", "qwen2"];
@@ -21,7 +22,7 @@ fn expected(family: &str) -> Value {
 }
 
 fn policy(family: &str, device: &Device) -> ModelBundle {
-    load_model_dir(&fixtures().join(family).join("policy"), device).unwrap()
+    load_model(&fixtures().join(family).join("policy"), device).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -53,7 +54,7 @@ fn logits_match_transformers_for_every_family() {
         for family in FAMILIES {
             let exp = expected(family);
             let bundle = policy(family, &device);
-            assert_eq!(bundle.config.family(), family);
+            assert_eq!(bundle.config.family().as_str(), family);
             assert_logits(
                 &format!("{backend} {family}"),
                 &bundle.model,
@@ -106,7 +107,7 @@ fn peft_adapters_load_and_reproduce_peft_logits() {
             let exp = expected(family);
             let base = policy(family, &device).model;
             let dir = fixtures().join(family).join("lora_adapter");
-            let (model, settings) = load_adapter_dir(base, &dir, &device).unwrap();
+            let (model, settings) = load_adapter(base, &dir, &device).unwrap();
             assert_eq!(settings.rank, 4);
             assert_logits(
                 &format!("{backend} {family} + LoRA"),
@@ -124,9 +125,11 @@ fn adapter_export_round_trips_peft_files() {
     let device = common::cpu();
     for family in FAMILIES {
         let dir = fixtures().join(family).join("lora_adapter");
-        let (model, settings) =
-            load_adapter_dir(policy(family, &device).model, &dir, &device).unwrap();
-        let files = pollster::block_on(peft::export(&model, &settings, family, "base")).unwrap();
+        let bundle = policy(family, &device);
+        let model_family = bundle.config.family();
+        let (model, settings) = load_adapter(bundle.model, &dir, &device).unwrap();
+        let files =
+            pollster::block_on(peft::export(&model, &settings, model_family, "base")).unwrap();
         let (_, config) = files
             .files
             .iter()
@@ -168,20 +171,22 @@ fn merged_adapter_export_equals_adapter_logits() {
     for family in FAMILIES {
         let exp = expected(family);
         let dir = fixtures().join(family).join("lora_adapter");
-        let (model, _) = load_adapter_dir(policy(family, &device).model, &dir, &device).unwrap();
+        let (model, _) = load_adapter(policy(family, &device).model, &dir, &device).unwrap();
         // Fold the adapter into the weights, reload the dense export, compare with PEFT's logits.
         let bundle = policy(family, &device);
-        let files = pollster::block_on(dpo_wgpu::bundle::export_files(
-            &model,
-            &bundle.config,
-            &bundle.tokenizer,
-            &[],
-        ))
-        .unwrap();
+        let spec = ExportSpec {
+            config: bundle.config,
+            tokenizer: bundle.tokenizer,
+            extra_files: Vec::new(),
+            lora: None,
+            merge_lora: false,
+            base_model: "base".into(),
+        };
+        let files = pollster::block_on(spec.model_files(&model)).unwrap();
         let out = tempfile::tempdir().unwrap();
-        dpo_wgpu::files::write_files_atomically(out.path(), &files).unwrap();
-        let merged = load_model_dir(out.path(), &device).unwrap();
-        assert!(!peft::has_adapters(&merged.model));
+        dpo_wgpu::io::native::files::write_files_atomically(out.path(), &files).unwrap();
+        let merged = load_model(out.path(), &device).unwrap();
+        assert!(!merged.model.has_adapters());
         assert_logits(
             &format!("cpu {family} merged LoRA"),
             &merged.model,
@@ -199,7 +204,7 @@ fn sharded_half_precision_checkpoints_load() {
     use safetensors::Dtype;
     let device = common::cpu();
     let source_dir = fixtures().join("llama/policy");
-    let original = dpo_wgpu::files::weights_in(&source_dir).unwrap();
+    let original = dpo_wgpu::io::native::files::weights_in(&source_dir).unwrap();
     let mut names: Vec<String> = original.names().map(str::to_string).collect();
     names.sort();
     for (dtype, to_half) in [
@@ -253,8 +258,9 @@ fn sharded_half_precision_checkpoints_load() {
         )
         .unwrap();
 
-        let loaded = load_model_dir(dir.path(), &device).unwrap();
-        let exported = pollster::block_on(dpo_wgpu::bundle::export_weights(&loaded.model)).unwrap();
+        let loaded = load_model(dir.path(), &device).unwrap();
+        let exported =
+            pollster::block_on(dpo_wgpu::io::bundle::export_weights(&loaded.model)).unwrap();
         let exported = SafetensorsSource::new(
             "e",
             vec![("e".into(), FileBytes::Owned(exported.to_bytes().unwrap()))],
@@ -305,8 +311,9 @@ fn rope_scaling_matches_transformers() {
         config["rope_parameters"] = variant["rope_parameters"].clone();
         let dir = write_dir(&config);
         for (backend, device) in devices() {
-            let bundle = load_model_dir(dir.path(), &device).unwrap();
-            let dpo_wgpu::config::Architecture::Llama(llama) = &bundle.config.architecture else {
+            let bundle = load_model(dir.path(), &device).unwrap();
+            let dpo_wgpu::model::config::Architecture::Llama(llama) = &bundle.config.architecture
+            else {
                 panic!("not a Llama")
             };
             for (i, (ours, theirs)) in llama
@@ -349,7 +356,7 @@ fn rope_scaling_matches_transformers() {
     config["rope_parameters"] = serde_json::json!({"rope_theta": 10000.0, "rope_type": "default"});
     let dir = write_dir(&config);
     let device = common::cpu();
-    let bundle = load_model_dir(dir.path(), &device).unwrap();
+    let bundle = load_model(dir.path(), &device).unwrap();
     let plain = common::logits_of(&bundle.model, &ids(&exp["ids"]), &device);
     let last = ids(&exp["ids"]).len() - 1;
     let scaled = exp["variants"]["llama3"]["logits_first64"][last][0]
@@ -360,7 +367,7 @@ fn rope_scaling_matches_transformers() {
     config["rope_parameters"] =
         serde_json::json!({"rope_theta": 10000.0, "rope_type": "dynamic", "factor": 2.0});
     let dir = write_dir(&config);
-    let err = load_model_dir(dir.path(), &device)
+    let err = load_model(dir.path(), &device)
         .err()
         .expect("dynamic is refused")
         .to_string();

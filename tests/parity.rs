@@ -6,13 +6,15 @@ mod common;
 
 use burn::tensor::Device;
 use common::{assert_close, devices, fixtures};
-use dpo_wgpu::bundle::{ModelBundle, export_weights};
-use dpo_wgpu::data::{TokenizedPair, tokenize_pairs};
-use dpo_wgpu::dpo::DpoMetrics;
-use dpo_wgpu::files::{load_model_dir, read_pairs};
-use dpo_wgpu::optim::{LrSchedule, OptimizerKind};
-use dpo_wgpu::train::{DpoTrainer, TrainOptions};
-use dpo_wgpu::weights::{FileBytes, SafetensorsSource, WeightSource};
+use dpo_wgpu::io::bundle::{ModelBundle, export_weights};
+use dpo_wgpu::io::native::files::{load_model, read_pairs};
+use dpo_wgpu::io::safetensors::{FileBytes, SafetensorsSource};
+use dpo_wgpu::model::weights::WeightSource;
+use dpo_wgpu::text::tokenize::{TokenizedPair, tokenize_pairs};
+use dpo_wgpu::train::dpo::DpoMetrics;
+use dpo_wgpu::train::optim::{LrSchedule, OptimizerKind};
+use dpo_wgpu::train::options::TrainOptions;
+use dpo_wgpu::train::trainer::{TaskData, Trainer};
 use serde_json::Value;
 
 const FAMILIES: [&str; 2] = ["gpt2", "llama"];
@@ -25,7 +27,7 @@ fn expected(family: &str) -> Value {
 }
 
 fn load(family: &str, which: &str, device: &Device) -> ModelBundle {
-    load_model_dir(&fixtures().join(family).join(which), device).unwrap()
+    load_model(&fixtures().join(family).join(which), device).unwrap()
 }
 
 fn tokenized(bundle: &ModelBundle, max_length: usize) -> (Vec<TokenizedPair>, usize) {
@@ -160,11 +162,13 @@ fn evaluate_matches_trl() {
                 let policy = load(family, "policy", &device);
                 let reference = load(family, "reference", &device).model;
                 let (pairs, _) = tokenized(&policy, max_length);
-                let mut trainer = DpoTrainer::new(
+                let mut trainer = Trainer::new(
                     policy.model,
-                    Some(reference),
-                    pairs.clone(),
-                    pairs,
+                    TaskData::Dpo {
+                        train: pairs.clone(),
+                        eval: pairs,
+                        reference,
+                    },
                     policy.tokenizer.pad_id,
                     options(max_length),
                     &device,
@@ -185,7 +189,7 @@ fn evaluate_matches_trl() {
 /// Our weights after training vs the safetensors TRL saved; returns the largest difference.
 fn assert_weights(
     what: &str,
-    trainer: &DpoTrainer,
+    trainer: &Trainer,
     path: &std::path::Path,
     abs: f64,
     skip: &Value,
@@ -245,11 +249,13 @@ fn one_sgd_step_matches_trl() {
             let policy = load(family, "policy", &device);
             let reference = load(family, "reference", &device).model;
             let (pairs, _) = tokenized(&policy, 64);
-            let mut trainer = DpoTrainer::new(
+            let mut trainer = Trainer::new(
                 policy.model,
-                Some(reference),
-                pairs,
-                Vec::new(),
+                TaskData::Dpo {
+                    train: pairs,
+                    eval: Vec::new(),
+                    reference,
+                },
                 policy.tokenizer.pad_id,
                 TrainOptions {
                     optimizer: OptimizerKind::Sgd,
@@ -295,11 +301,13 @@ fn two_adamw_steps_match_trl() {
             let policy = load(family, "policy", &device);
             let reference = load(family, "reference", &device).model;
             let (pairs, _) = tokenized(&policy, 64);
-            let mut trainer = DpoTrainer::new(
+            let mut trainer = Trainer::new(
                 policy.model,
-                Some(reference),
-                pairs,
-                Vec::new(),
+                TaskData::Dpo {
+                    train: pairs,
+                    eval: Vec::new(),
+                    reference,
+                },
                 policy.tokenizer.pad_id,
                 TrainOptions {
                     optimizer: OptimizerKind::AdamW,
@@ -346,7 +354,7 @@ fn export_round_trips_checkpoint_tensors_exactly() {
     for family in FAMILIES {
         let bundle = load(family, "policy", &device);
         let dir = fixtures().join(family).join("policy");
-        let original = dpo_wgpu::files::weights_in(&dir).unwrap();
+        let original = dpo_wgpu::io::native::files::weights_in(&dir).unwrap();
         let exported = pollster::block_on(export_weights(&bundle.model)).unwrap();
         let exported = SafetensorsSource::new(
             "exported",

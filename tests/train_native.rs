@@ -3,34 +3,24 @@
 
 mod common;
 
-use dpo_wgpu::data::tokenize_pairs;
-use dpo_wgpu::demo;
-use dpo_wgpu::train::{DpoTrainer, TrainOptions};
+use dpo_wgpu::train::options::{OptionOverrides, Task};
+use dpo_wgpu::train::run::{Run, RunSpec};
 
 const STEPS: usize = 8;
 
 #[test]
 fn demo_loss_decreases_on_every_backend() {
     let mut first_losses = Vec::new();
-    for (backend, device) in common::devices() {
-        let options = TrainOptions {
-            max_steps: Some(STEPS),
-            ..demo::train_options()
+    for (backend, device) in common::selected_devices() {
+        // The demo run as `dpo-wgpu train` builds it, cut to STEPS steps.
+        let spec = RunSpec {
+            overrides: OptionOverrides {
+                max_steps: Some(STEPS),
+                ..OptionOverrides::default()
+            },
+            ..RunSpec::new(Task::Dpo)
         };
-        let bundle = demo::model(options.seed, &device).unwrap();
-        let (train_rows, eval_rows) = demo::pairs(options.seed, 256, 64);
-        let train = tokenize_pairs(&train_rows, &bundle.tokenizer, options.max_length).unwrap();
-        let eval = tokenize_pairs(&eval_rows, &bundle.tokenizer, options.max_length).unwrap();
-        let mut trainer = DpoTrainer::new(
-            bundle.model,
-            None,
-            train.rows,
-            eval.rows,
-            bundle.tokenizer.pad_id,
-            options,
-            &device,
-        )
-        .unwrap();
+        let mut trainer = Run::new(spec, &device).unwrap().trainer;
         pollster::block_on(async {
             let before = *trainer.evaluate().await.unwrap().unwrap().dpo().unwrap();
             // Policy == reference before training: every reward is exactly zero.

@@ -7,13 +7,21 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{assert_close, cpu, devices, fixtures};
-use dpo_wgpu::bundle::export_weights;
-use dpo_wgpu::data::{parse_sft_jsonl, tokenize_pairs, tokenize_sft};
-use dpo_wgpu::files::{load_adapter_dir, load_model_dir, read_pairs, read_text};
-use dpo_wgpu::optim::{LrSchedule, OptimizerKind};
-use dpo_wgpu::peft::{self, LoraSettings};
-use dpo_wgpu::train::{Metrics, Task, TrainOptions, Trainer};
-use dpo_wgpu::weights::{FileBytes, SafetensorsSource, WeightSource};
+use dpo_wgpu::backend::{BackendChoice, select};
+use dpo_wgpu::io::bundle::export_weights;
+use dpo_wgpu::io::native::files::{load_adapter, load_model, read_jsonl, read_text};
+use dpo_wgpu::io::peft;
+use dpo_wgpu::io::safetensors::{FileBytes, SafetensorsSource};
+use dpo_wgpu::model::config::Family;
+use dpo_wgpu::model::lora;
+use dpo_wgpu::model::weights::WeightSource;
+use dpo_wgpu::text::rows::parse_sft_jsonl;
+use dpo_wgpu::text::tokenize::tokenize_sft;
+use dpo_wgpu::train::metrics::Metrics;
+use dpo_wgpu::train::optim::{LrSchedule, OptimizerKind};
+use dpo_wgpu::train::options::{OptionOverrides, Task, TrainOptions};
+use dpo_wgpu::train::run::{LoraRequest, Run, RunSpec};
+use dpo_wgpu::train::trainer::{TaskData, Trainer};
 use serde_json::Value;
 
 fn sft_expected(family: &str) -> Value {
@@ -21,7 +29,9 @@ fn sft_expected(family: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn sft_rows(bundle: &dpo_wgpu::bundle::ModelBundle) -> Vec<dpo_wgpu::data::TokenizedCompletion> {
+fn sft_rows(
+    bundle: &dpo_wgpu::io::bundle::ModelBundle,
+) -> Vec<dpo_wgpu::text::tokenize::TokenizedCompletion> {
     let path = fixtures().join("sft.jsonl");
     let rows = parse_sft_jsonl(&read_text(&path).unwrap(), "sft.jsonl").unwrap();
     tokenize_sft(&rows, &bundle.tokenizer, Some(64))
@@ -34,7 +44,7 @@ fn sft_tokenization_metrics_and_step_match_trl() {
     for (backend, device) in devices() {
         for family in ["gpt2", "llama"] {
             let exp = sft_expected(family);
-            let bundle = load_model_dir(&fixtures().join(family).join("policy"), &device).unwrap();
+            let bundle = load_model(&fixtures().join(family).join("policy"), &device).unwrap();
             let rows = sft_rows(&bundle);
             // TRL's input_ids, and which positions its labels score.
             for (ours, theirs) in rows.iter().zip(exp["tokenized"].as_array().unwrap()) {
@@ -65,11 +75,11 @@ fn sft_tokenization_metrics_and_step_match_trl() {
                 shuffle: false,
                 ..TrainOptions::sft_defaults()
             };
-            let task = Task::Sft {
+            let task = TaskData::Sft {
                 train: rows.clone(),
                 eval: rows,
             };
-            let mut trainer = Trainer::with_task(
+            let mut trainer = Trainer::new(
                 bundle.model,
                 task,
                 bundle.tokenizer.pad_id,
@@ -145,47 +155,43 @@ fn sft_tokenization_metrics_and_step_match_trl() {
 
 #[test]
 fn lora_dpo_trains_only_the_adapters() {
-    let device = cpu();
+    let selected = select(BackendChoice::Cpu).unwrap();
+    let device = selected.device.clone();
     let dir = fixtures().join("llama/policy");
-    let bundle = load_model_dir(&dir, &device).unwrap();
+    let bundle = load_model(&dir, &device).unwrap();
     let original = pollster::block_on(export_weights(&bundle.model))
         .unwrap()
         .to_bytes()
         .unwrap();
-    let pairs = tokenize_pairs(
-        &read_pairs(&fixtures().join("data.jsonl")).unwrap(),
-        &bundle.tokenizer,
-        Some(64),
-    )
-    .unwrap()
-    .rows;
-    let settings = LoraSettings {
-        rank: 4,
-        alpha: 8.0,
-        targets: vec!["q_proj".into(), "v_proj".into()],
-        use_rslora: false,
+    let data = read_jsonl(&fixtures().join("data.jsonl")).unwrap();
+    let spec = RunSpec {
+        model: Some(bundle),
+        rows: Some(data.clone()),
+        eval_rows: Some(data),
+        overrides: OptionOverrides {
+            learning_rate: Some(1e-2),
+            batch_size: Some(4),
+            max_steps: Some(4),
+            lr_schedule: Some(LrSchedule::Constant),
+            max_length: Some(64),
+            seed: Some(0),
+            ..OptionOverrides::default()
+        },
+        lora: Some(LoraRequest {
+            rank: 4,
+            alpha: Some(8.0),
+            targets: Some(vec!["q_proj".into(), "v_proj".into()]),
+        }),
+        ..RunSpec::new(Task::Dpo)
     };
-    let reference = burn::module::Module::valid(&bundle.model);
-    let policy = peft::attach(bundle.model, &settings, 0, &device).unwrap();
+    let run = Run::new(spec, &selected).unwrap();
+    let settings = run.export.lora.clone().unwrap();
     assert_eq!(
-        peft::adapter_params(&policy).len(),
+        run.trainer.policy().adapter_params().len(),
         2 * 2 * 2,
         "A and B on q and v of 2 layers"
     );
-    let options = TrainOptions {
-        learning_rate: 1e-2,
-        batch_size: 4,
-        max_steps: Some(4),
-        lr_schedule: LrSchedule::Constant,
-        ..TrainOptions::default()
-    };
-    let task = Task::Dpo {
-        train: pairs.clone(),
-        eval: pairs,
-        reference: Some(reference),
-    };
-    let mut trainer =
-        Trainer::with_task(policy, task, bundle.tokenizer.pad_id, options, &device).unwrap();
+    let mut trainer = run.trainer;
     let before = pollster::block_on(trainer.evaluate())
         .unwrap()
         .unwrap()
@@ -206,12 +212,12 @@ fn lora_dpo_trains_only_the_adapters() {
 
     // The base is bit-identical; the adapters moved.
     let trained = trainer.policy();
-    let base = pollster::block_on(export_weights(&peft::strip(trained.clone())))
+    let base = pollster::block_on(export_weights(&lora::strip(trained.clone())))
         .unwrap()
         .to_bytes()
         .unwrap();
     assert!(base == original, "a base weight changed");
-    let b_norm: f32 = pollster::block_on(peft::export(&trained, &settings, "llama", "base"))
+    let b_norm: f32 = pollster::block_on(peft::export(&trained, &settings, Family::Llama, "base"))
         .unwrap()
         .files
         .into_iter()
@@ -318,8 +324,8 @@ fn resuming_a_checkpoint_reproduces_the_uninterrupted_run() {
         if weights.starts_with("adapter") {
             // The adapter loads with the base into the same model transformers+PEFT would build.
             let device = cpu();
-            let base = load_model_dir(Path::new(model), &device).unwrap().model;
-            load_adapter_dir(base, resumed.path(), &device).unwrap();
+            let base = load_model(Path::new(model), &device).unwrap().model;
+            load_adapter(base, resumed.path(), &device).unwrap();
         }
     }
 }

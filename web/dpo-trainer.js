@@ -2,7 +2,7 @@
  * dpo-trainer.js — DPO (Direct Preference Optimization) and SFT fine-tuning on WebGPU, in a Web
  * Worker, plus text generation from the model being trained.
  *
- * An ES module with no dependencies. It spawns `worker.js` (next to this file) as a module
+ * An ES module; it imports only model-source.js (next to it). It spawns `worker.js` (next to this file) as a module
  * worker; the worker loads `dpo-wgpu.js` + `dpo-wgpu_bg.wasm` (by default from the folder above
  * this file, i.e. the root of trunk's `dist/`) and runs all training and generation off the main
  * thread.
@@ -59,7 +59,8 @@
  *   modelUrl    where to download the model from, inside the worker (no copy on the page):
  *               - "https://host/dir/" (or a relative URL) of a Hugging Face model folder:
  *                 config.json and tokenizer.json are required; tokenizer_config.json,
- *                 generation_config.json and chat_template.jinja are used when present (a 404
+ *                 generation_config.json, special_tokens_map.json and chat_template.jinja are
+ *                 used when present (MODEL_LAYOUT in model-source.js; a 404
  *                 means absent); the weights are model.safetensors, or when that is a 404 the
  *                 files listed in model.safetensors.index.json (shards download in parallel).
  *               - a URL ending in ".gguf": that one file (it carries config and tokenizer).
@@ -73,7 +74,8 @@
  *               the file name, loaded and total are bytes (total null when the server gives no
  *               Content-Length); called at start, about every 100 ms, and at the end (loaded ==
  *               total)
- *   model       { config, tokenizer, tokenizerConfig?, generationConfig?, chatTemplate? } texts,
+ *   model       { config, tokenizer, tokenizerConfig?, generationConfig?, specialTokensMap?,
+ *               chatTemplate? } texts,
  *               with safetensors `weights` (not needed with GGUF weights)
  *   weights     Uint8Array/ArrayBuffer: model.safetensors, or a whole .gguf file (detected by its
  *               magic); or { "model-00001-of-00002.safetensors": bytes, ... } for a sharded
@@ -123,8 +125,7 @@
  *       tokenizer.json, ...; with loraRank (and not mergeLora) adapter_config.json,
  *       adapter_model.safetensors and the tokenizer files (a PEFT adapter)
  *   trainer.info() -> Promise<{ device, family, task, demo, lora, trainExamples, evalExamples,
- *       trainPairs, evalPairs, totalSteps, stepsDone, options }>   (trainPairs/evalPairs: older
- *       names of trainExamples/evalExamples; lora: { rank, alpha, targets, ... } or null)
+ *       totalSteps, stepsDone, options }>   (lora: { rank, alpha, targets, ... } or null)
  *   trainer.terminate()                                  stops the worker; later calls reject
  *   checkWebGPU() -> Promise<{ ok: true, adapter } | { ok: false, reason }>
  *   resolveModelUrl(modelUrl, base?) -> string           the URL a modelUrl downloads from
@@ -133,6 +134,8 @@
  * rejects the call it belongs to (generation stops). After a crash in the worker (a Rust panic)
  * every pending and later call rejects with the crash message.
  */
+
+import { resolveModelUrl as resolveFromSource } from "./model-source.js";
 
 /** Thrown by DpoTrainer.create (and returned by checkWebGPU) when WebGPU cannot be used. */
 export class WebGpuUnavailableError extends Error {
@@ -199,32 +202,7 @@ function documentBase() {
  * @returns {string}
  */
 export function resolveModelUrl(modelUrl, base = documentBase()) {
-  const spec = String(modelUrl).trim();
-  let url;
-  if (/^hf:/i.test(spec)) {
-    // As the CLI reads it: everything after the first "@" is the revision.
-    const at = spec.indexOf("@");
-    const where = at < 0 ? spec.slice(3) : spec.slice(3, at);
-    const revision = at < 0 ? "main" : spec.slice(at + 1);
-    const parts = where.split("/").filter(Boolean);
-    if (parts.length < 2 || !revision || !parts.every((p) => /^[\w.-]+$/.test(p))) {
-      throw new TypeError(
-        `modelUrl ${JSON.stringify(spec)}: expected "hf:OWNER/NAME[@REVISION]" or "hf:OWNER/NAME/FILE.gguf[@REVISION]"`,
-      );
-    }
-    const [owner, name, ...sub] = parts;
-    const rev = encodeURIComponent(decodeURIComponent(revision));
-    url = `https://huggingface.co/${owner}/${name}/resolve/${rev}/${sub.join("/")}`;
-  } else {
-    url = resolveUrl(spec, base);
-  }
-  const { pathname } = new URL(url);
-  if (!/\.gguf$/i.test(pathname) && !url.endsWith("/")) {
-    const parsed = new URL(url);
-    parsed.pathname += "/";
-    url = parsed.href;
-  }
-  return url;
+  return resolveFromSource(modelUrl, base);
 }
 
 /** A copy of `obj` without its undefined and null properties (the wasm side reads them strictly). */
@@ -375,7 +353,7 @@ export class DpoTrainer {
 
   /**
    * @returns {Promise<object>} device, family, task, demo, lora, trainExamples, evalExamples,
-   *   trainPairs, evalPairs, totalSteps, stepsDone, options
+   *   totalSteps, stepsDone, options
    */
   info() {
     return this._call("info");

@@ -22,6 +22,8 @@
 //   info -> info
 // Calls are answered in order; the page side sends one at a time.
 
+import { NotFound, fetchModel } from "./model-source.js";
+
 let trainer = null;
 let fatalError = null;
 let lastConsoleError = "";
@@ -72,9 +74,7 @@ function need() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Model files from a URL (see "Loading a model from a URL" in web/dpo-trainer.js).
-
-class NotFound extends Error {}
+// HTTP downloads for model files (which files: web/model-source.js).
 
 /**
  * GETs `url` into a Uint8Array (or text), reporting progress. A 404 throws NotFound; other
@@ -143,100 +143,6 @@ async function download(url, file, onProgress, { text = false } = {}) {
   return text ? new TextDecoder().decode(buffer) : buffer;
 }
 
-async function optional(promise) {
-  try {
-    return await promise;
-  } catch (err) {
-    if (err instanceof NotFound) return null;
-    throw err;
-  }
-}
-
-/**
- * Fetches a model from `url`: a `.gguf` file (-> { weights }), or a Hugging Face model folder
- * (-> { model: texts, weights: model.safetensors bytes, or { shardName: bytes } for a checkpoint
- * sharded over the files model.safetensors.index.json lists }).
- */
-async function fetchModel(url, onProgress) {
-  const { pathname } = new URL(url);
-  if (/\.gguf$/i.test(pathname)) {
-    try {
-      return { weights: await download(url, decodeURIComponent(pathname.split("/").pop()), onProgress) };
-    } catch (err) {
-      if (err instanceof NotFound) throw new Error(`model file not found: ${url} (404)`);
-      throw err;
-    }
-  }
-  const dir = url.endsWith("/") ? url : `${url}/`;
-  const at = (name) => new URL(name, dir).href;
-  const text = (name) => download(at(name), name, onProgress, { text: true });
-  const required = async (name) => {
-    try {
-      return await text(name);
-    } catch (err) {
-      if (err instanceof NotFound) {
-        throw new Error(`${name} not found at ${at(name)} (404): modelUrl must be a Hugging Face model folder`);
-      }
-      throw err;
-    }
-  };
-  // In parallel; on failure, the first file's error in this order (not the first to arrive).
-  const settled = await Promise.allSettled([
-    required("config.json"),
-    required("tokenizer.json"),
-    optional(text("tokenizer_config.json")),
-    optional(text("generation_config.json")),
-    optional(text("chat_template.jinja")),
-  ]);
-  const failed = settled.find((s) => s.status === "rejected");
-  if (failed) throw failed.reason;
-  const [config, tokenizer, tokenizerConfig, generationConfig, chatTemplate] = settled.map((s) => s.value);
-  const model = { config, tokenizer };
-  if (tokenizerConfig != null) model.tokenizerConfig = tokenizerConfig;
-  if (generationConfig != null) model.generationConfig = generationConfig;
-  if (chatTemplate != null) model.chatTemplate = chatTemplate;
-
-  let weights = await optional(download(at("model.safetensors"), "model.safetensors", onProgress));
-  if (weights == null) {
-    const indexText = await optional(text("model.safetensors.index.json"));
-    if (indexText == null) {
-      throw new Error(
-        `no weights at ${dir}: neither model.safetensors nor model.safetensors.index.json exists ` +
-          "(404); a .gguf file URL also works as modelUrl",
-      );
-    }
-    let shards;
-    try {
-      shards = [...new Set(Object.values(JSON.parse(indexText).weight_map ?? {}))];
-    } catch (err) {
-      throw new Error(`${at("model.safetensors.index.json")}: not valid JSON (${message(err)})`);
-    }
-    if (shards.length === 0) {
-      throw new Error(`${at("model.safetensors.index.json")} lists no weight files (empty weight_map)`);
-    }
-    // One file, or every shard (in parallel) as { fileName: bytes } for the wasm to index.
-    const fetchShard = async (name) => {
-      try {
-        return await download(at(name), name, onProgress);
-      } catch (err) {
-        if (err instanceof NotFound) {
-          throw new Error(`${name} (named in model.safetensors.index.json) not found at ${at(name)} (404)`);
-        }
-        throw err;
-      }
-    };
-    if (shards.length === 1) {
-      weights = await fetchShard(shards[0]);
-    } else {
-      const settledShards = await Promise.allSettled(shards.map(fetchShard));
-      const failedShard = settledShards.find((s) => s.status === "rejected");
-      if (failedShard) throw failedShard.reason;
-      weights = Object.fromEntries(shards.map((name, i) => [name, settledShards[i].value]));
-    }
-  }
-  return { model, weights };
-}
-
 // ---------------------------------------------------------------------------------------------
 
 const methods = {
@@ -249,7 +155,9 @@ const methods = {
     // Compile the module while the model downloads.
     const [fetched] = await Promise.all([
       modelUrl
-        ? fetchModel(modelUrl, (p) => self.postMessage({ type: "progress", id, ...p }))
+        ? fetchModel(modelUrl, (url, file, opts) =>
+            download(url, file, (p) => self.postMessage({ type: "progress", id, ...p }), opts),
+          )
         : Promise.resolve(null),
       wasm.default({ module_or_path: wasmUrl }),
     ]);

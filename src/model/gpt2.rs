@@ -9,11 +9,11 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::attention::{gelu_tanh, merge_heads, scaled_dot_product, split_heads};
 use super::cache::KvCache;
+use super::config::Gpt2Config;
 use super::lora::Projection;
+use super::weights::WeightSource;
 use super::{NamedParam, ParamRole};
-use crate::config::Gpt2Config;
 use crate::error::Result;
-use crate::weights::WeightSource;
 
 #[derive(Module, Debug)]
 pub struct Gpt2 {

@@ -12,11 +12,11 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::attention::{merge_heads, scaled_dot_product, split_heads};
 use super::cache::KvCache;
+use super::config::LlamaConfig;
 use super::lora::Projection;
+use super::weights::WeightSource;
 use super::{NamedParam, ParamRole};
-use crate::config::LlamaConfig;
 use crate::error::Result;
-use crate::weights::WeightSource;
 
 #[derive(Module, Debug)]
 pub struct Llama {

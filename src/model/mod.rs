@@ -1,22 +1,27 @@
-//! Decoder-only language models, one file per family, behind one `CausalLm` type.
+//! Decoder-only language models, one file per family, behind one `CausalLm` type: configs,
+//! layers, LoRA adapters, scoring and generation. This layer knows nothing of text, files or
+//! training loops: weights come in through [`weights::WeightSource`].
 
 pub mod attention;
 pub mod cache;
+pub mod config;
+pub mod generate;
 pub mod gpt2;
 pub mod llama;
 pub mod lora;
 pub mod qwen2;
+pub mod scoring;
+pub mod weights;
 
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 
-use crate::config::{Architecture, ModelConfig};
 use crate::error::Result;
-use crate::weights::{HostTensor, WeightSource};
 use attention::{PaddingMask, attention_mask, token_tensor};
 use cache::KvCache;
+use config::{Architecture, ModelConfig};
 use lora::Projection;
+use weights::{HostTensor, WeightSource};
 
 /// A causal language model of any supported family (Qwen2 is the Llama type with q/k/v biases).
 #[derive(Module, Debug)]
@@ -98,12 +103,20 @@ impl NamedParam {
         }
     }
 
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        match &self.tensor {
+            ParamTensor::Vector(t) => t.dims()[0],
+            ParamTensor::Matrix { tensor, .. } => tensor.dims().iter().product(),
+        }
+    }
+
     /// Read back to the host in Hugging Face's layout.
     pub async fn to_host(&self) -> Result<HostTensor> {
         match &self.tensor {
-            ParamTensor::Vector(t) => crate::weights::to_host(t.clone()).await,
+            ParamTensor::Vector(t) => weights::to_host(t.clone()).await,
             ParamTensor::Matrix { tensor, transpose } => {
-                let host = crate::weights::to_host(tensor.clone()).await?;
+                let host = weights::to_host(tensor.clone()).await?;
                 Ok(if *transpose { host.transposed() } else { host })
             }
         }
@@ -198,116 +211,5 @@ impl CausalLm {
             .reshape([b * t, d])
             .matmul(self.lm_head().transpose())
             .reshape([b, t, self.vocab_size()])
-    }
-}
-
-/// Rows of tokens, right-padded, with the positions whose *next* token is scored.
-#[derive(Debug, Clone)]
-pub struct ScoringBatch {
-    pub rows: usize,
-    pub seq_len: usize,
-    /// `rows * seq_len` token ids (padding included).
-    pub input_ids: Vec<i32>,
-    pub padding: PaddingMask,
-    /// `(row, position)`: the token at `position + 1` of `row` is a completion token and is scored
-    /// from the hidden state at `position` (Hugging Face's label shift).
-    pub scored: Vec<(usize, usize)>,
-}
-
-impl ScoringBatch {
-    pub fn scored_tokens_per_row(&self) -> Vec<usize> {
-        let mut counts = vec![0; self.rows];
-        for &(row, _) in &self.scored {
-            counts[row] += 1;
-        }
-        counts
-    }
-}
-
-/// Per-row sums over scored tokens, still on the device.
-pub struct RowScores {
-    /// Σ log p(token) over each row's completion: the sequence log-prob, `[rows]`.
-    pub logps: Tensor<1>,
-    /// Σ over each row's completion tokens of the mean logit over the vocabulary, `[rows]`
-    /// (TRL's `logits/chosen` is this divided by the token count). Detached.
-    pub mean_logit_sums: Tensor<1>,
-    /// Number of each row's completion tokens that are the argmax prediction, `[rows]`. Detached.
-    pub top1_hits: Tensor<1>,
-    /// Σ of the predictive entropy at each completion token, `[rows]`. Detached.
-    pub entropy_sums: Tensor<1>,
-}
-
-/// Most logits elements materialized at once. 16 Mi f32 = 64 MiB stays under the smallest storage
-/// binding limit we know of (lavapipe: 128 MiB) and bounds peak memory for big vocabularies.
-const MAX_LOGITS_ELEMENTS: usize = 16 * 1024 * 1024;
-
-/// Sequence log-probs of the completions: the lm_head, log-softmax and gather run only on scored
-/// positions, in row chunks, so `[batch*seq, vocab]` logits are never built.
-pub fn score_completions(model: &CausalLm, batch: &ScoringBatch, device: &Device) -> RowScores {
-    let input = token_tensor(&batch.input_ids, batch.rows, batch.seq_len, device);
-    let hidden = model.hidden_states(input, &batch.padding);
-    let [rows, seq, d_model] = hidden.dims();
-    let n = batch.scored.len();
-    if n == 0 {
-        let zeros = Tensor::<1>::zeros([rows], device);
-        return RowScores {
-            logps: zeros.clone(),
-            mean_logit_sums: zeros.clone(),
-            top1_hits: zeros.clone(),
-            entropy_sums: zeros,
-        };
-    }
-    let flat_positions: Vec<i32> = batch
-        .scored
-        .iter()
-        .map(|&(row, pos)| (row * seq + pos) as i32)
-        .collect();
-    let labels: Vec<i32> = batch
-        .scored
-        .iter()
-        .map(|&(row, pos)| batch.input_ids[row * seq + pos + 1])
-        .collect();
-    let selected = hidden.reshape([rows * seq, d_model]).select(
-        0,
-        Tensor::<1, Int>::from_data(TensorData::new(flat_positions, [n]), device),
-    );
-    let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [n, 1]), device);
-    let head = model.lm_head().transpose();
-    let vocab = model.vocab_size();
-    let chunk = (MAX_LOGITS_ELEMENTS / vocab).max(1);
-    let (mut token_logps, mut mean_logits, mut hits, mut entropies) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut start = 0;
-    while start < n {
-        let len = chunk.min(n - start);
-        let chunk_labels = labels.clone().narrow(0, start, len);
-        let logits = selected.clone().narrow(0, start, len).matmul(head.clone());
-        let log_probs = log_softmax(logits.clone(), 1);
-        token_logps.push(log_probs.clone().gather(1, chunk_labels.clone()));
-        // Statistics only: computed off the autodiff graph.
-        let logits = logits.detach();
-        let log_probs = log_probs.detach();
-        mean_logits.push(logits.clone().mean_dim(1));
-        hits.push(logits.argmax(1).equal(chunk_labels).float());
-        entropies.push((log_probs.clone().exp() * log_probs).sum_dim(1).neg());
-        start += len;
-    }
-    // Sum tokens into their rows with a 0/1 membership matrix: one small matmul, differentiable.
-    let mut membership = vec![0f32; rows * n];
-    for (i, &(row, _)) in batch.scored.iter().enumerate() {
-        membership[row * n + i] = 1.0;
-    }
-    let membership = Tensor::<2>::from_data(TensorData::new(membership, [rows, n]), device);
-    let per_row = |parts: Vec<Tensor<2>>| {
-        membership
-            .clone()
-            .matmul(Tensor::cat(parts, 0))
-            .reshape([rows])
-    };
-    RowScores {
-        logps: per_row(token_logps),
-        mean_logit_sums: per_row(mean_logits),
-        top1_hits: per_row(hits),
-        entropy_sums: per_row(entropies),
     }
 }

@@ -4,10 +4,10 @@
 
 use burn::tensor::Device;
 
+use super::config::LlamaConfig;
 use super::llama::{Biases, Llama};
-use crate::config::LlamaConfig;
+use super::weights::WeightSource;
 use crate::error::Result;
-use crate::weights::WeightSource;
 
 pub const BIASES: Biases = Biases {
     qkv: true,

@@ -18,7 +18,9 @@
 //                            prompt ids and greedy ids equal transformers', a DPO step runs
 //   5. modelUrl errors       a folder without config.json, and an index naming a missing shard,
 //                            are rejected with clear messages
-//   6. no WebGPU             a browser without --enable-unsafe-webgpu shows the clear message,
+//   6. model sources agree   web/model-source.js's file list and hf: URLs equal the Rust side's
+//                            (the wasm exports modelLayout() and hubUrl())
+//   7. no WebGPU             a browser without --enable-unsafe-webgpu shows the clear message,
 //                            and DpoTrainer.create() rejects with WebGpuUnavailableError
 // Prints "<n> passed, <m> failed" last; exits non-zero on any failure. Everything is bounded
 // by timeouts.
@@ -42,7 +44,7 @@ import { chromium } from "playwright-core";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const DIST = path.resolve(process.env.DPO_DIST ?? path.join(root, "dist"));
 const FIXTURES = path.join(root, "tests", "fixtures");
-const TEST_COUNT = 6;
+const TEST_COUNT = 7;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const STEPS = Number(process.env.DPO_TEST_STEPS ?? 12);
 const EMBED_STEPS = Number(process.env.DPO_EMBED_STEPS ?? 8);
@@ -605,6 +607,44 @@ async function testModelUrlErrors(browser, base) {
   return { detail: `${r.missing.slice(0, 90)}…; ${r.missingShard.slice(0, 90)}…` };
 }
 
+async function testModelSourceAgrees(browser, base) {
+  const r = await runInPage(browser, base, "model-source", async () => {
+    const wasm = await import("/dpo-wgpu.js");
+    await wasm.default({ module_or_path: "/dpo-wgpu_bg.wasm" });
+    const source = await import("/web/model-source.js");
+    const attempt = (f) => {
+      try {
+        return f();
+      } catch {
+        return "error";
+      }
+    };
+    const specs = [
+      "hf:a/b", "HF:a/b", " hf:a/b/m.gguf ", "hf:a/b@%zz", "hf:HuggingFaceTB/SmolLM2-135M-Instruct@v1.0", "hf:a/b/sub/m.Q4_0.gguf",
+      "hf:a/b/x.GGUF@refs/pr/1", "hf:a/b/folder@v2", "hf:a/b@refs%2Fpr%2F1", "hf:a/b@a@b",
+      "hf:onlyowner", "hf:a/b@", "hf:a/../b", "hf:not a repo", "hf:a/b/c d", "hf:a/b/x.gguf/",
+    ];
+    return {
+      rustLayout: wasm.modelLayout(),
+      jsLayout: source.MODEL_LAYOUT,
+      hub: specs.map((spec) => ({
+        spec,
+        rust: attempt(() => wasm.hubUrl(spec)),
+        js: attempt(() => source.resolveModelUrl(spec, location.href)),
+      })),
+    };
+  }, null, 120_000);
+  assert(JSON.stringify(r.rustLayout) === JSON.stringify(r.jsLayout),
+    `file lists agree (Rust ${JSON.stringify(r.rustLayout)}, JS ${JSON.stringify(r.jsLayout)})`);
+  const differ = r.hub.filter((h) => h.rust !== h.js);
+  assert(differ.length === 0, `hf: references resolve alike: ${JSON.stringify(differ)}`);
+  const ok = r.hub.filter((h) => h.rust !== "error").length;
+  return {
+    detail: `${r.rustLayout.required.length + r.rustLayout.optional.length} text files + weights; ` +
+      `${r.hub.length} hf: references (${ok} valid, ${r.hub.length - ok} refused by both) resolve alike`,
+  };
+}
+
 async function testNoWebGpu(base) {
   const browser = await launch(BASE_ARGS); // no --enable-unsafe-webgpu
   try {
@@ -653,7 +693,7 @@ async function testNoWebGpu(base) {
 // ---------------------------------------------------------------------------------------------
 
 async function main() {
-  for (const f of ["index.html", "dpo-wgpu.js", "dpo-wgpu_bg.wasm", "web/dpo-trainer.js", "web/worker.js",
+  for (const f of ["index.html", "dpo-wgpu.js", "dpo-wgpu_bg.wasm", "web/dpo-trainer.js", "web/worker.js", "web/model-source.js",
                    "examples/embed.html"]) {
     if (!fs.existsSync(path.join(DIST, f))) {
       console.log(`FAIL: ${path.join(DIST, f)} is missing; build first: scripts/build-web.sh`);
@@ -710,6 +750,8 @@ async function main() {
       needBrowser(() => testGgufUrls(browser, base)));
     await run("modelUrl errors: missing config.json, missing shard, malformed hf:",
       needBrowser(() => testModelUrlErrors(browser, base)));
+    await run("model-source.js agrees with the Rust side: file list and hf: URLs",
+      needBrowser(() => testModelSourceAgrees(browser, base)));
     await closeBrowser(browser);
     browser = null;
     await run("clear message without WebGPU", () => testNoWebGpu(base));

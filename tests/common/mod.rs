@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use burn::tensor::Device;
-use dpo_wgpu::backend::{BackendChoice, select};
+use dpo_wgpu::backend::{BackendChoice, SelectedDevice, select};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -18,12 +18,16 @@ pub fn cpu() -> Device {
 /// The wgpu device, initialized once per test binary (a runtime cannot be initialized twice).
 /// `None` when the machine has no adapter, unless `DPO_REQUIRE_WGPU=1` (CI) makes that a failure.
 pub fn wgpu() -> Option<Device> {
-    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
+    wgpu_selected().map(|s| s.device)
+}
+
+fn wgpu_selected() -> Option<SelectedDevice> {
+    static DEVICE: OnceLock<Option<SelectedDevice>> = OnceLock::new();
     DEVICE
         .get_or_init(|| match select(BackendChoice::Wgpu) {
             Ok(selected) => {
                 eprintln!("{}", selected.description);
-                Some(selected.device)
+                Some(selected)
             }
             Err(e) => {
                 if std::env::var("DPO_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
@@ -40,6 +44,15 @@ pub fn wgpu() -> Option<Device> {
 pub fn devices() -> Vec<(&'static str, Device)> {
     let mut out = vec![("cpu", cpu())];
     if let Some(d) = wgpu() {
+        out.push(("wgpu", d));
+    }
+    out
+}
+
+/// `devices()` with their descriptions, for building runs.
+pub fn selected_devices() -> Vec<(&'static str, SelectedDevice)> {
+    let mut out = vec![("cpu", select(BackendChoice::Cpu).unwrap())];
+    if let Some(d) = wgpu_selected() {
         out.push(("wgpu", d));
     }
     out

@@ -1,16 +1,22 @@
-//! Native file access: model directories in, atomic model directories and logs out.
+//! Native file access: model folders and `.gguf` files in (memory-mapped), atomic folders and
+//! logs out.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use crate::bundle::{CARRIED_FILES, ExportedFiles, ModelBundle, ModelTexts};
-use crate::data::{PreferencePair, parse_jsonl};
 use crate::error::{Error, Location, Result};
-use crate::weights::{FileBytes, SafetensorsSource, WithParamIds};
+use crate::io::bundle::{ExportedFiles, ModelBundle};
+use crate::io::model_dir::{
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CARRIED_FILES, CONFIG_FILE, ModelTexts,
+    TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, shard_names,
+};
+use crate::io::peft::AdapterFiles;
+use crate::io::safetensors::{FileBytes, SafetensorsSource};
+use crate::model::config::ModelConfig;
+use crate::text::rows::{Jsonl, PreferencePair, parse_jsonl};
 
 pub fn read_text(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))
@@ -24,37 +30,31 @@ fn read_optional(path: &Path) -> Result<Option<String>> {
     }
 }
 
-/// The safetensors weights of a model directory: `model.safetensors`, or the shards listed in
+/// A JSONL data file, named by its path in errors.
+pub fn read_jsonl(path: &Path) -> Result<Jsonl> {
+    Ok(Jsonl {
+        source: path.display().to_string(),
+        text: read_text(path)?,
+    })
+}
+
+pub fn read_pairs(path: &Path) -> Result<Vec<PreferencePair>> {
+    let jsonl = read_jsonl(path)?;
+    parse_jsonl(&jsonl.text, &jsonl.source)
+}
+
+/// The safetensors weights of a model folder: `model.safetensors`, or the shards listed in
 /// `model.safetensors.index.json`. Files are memory-mapped, not copied.
 pub fn weights_in(dir: &Path) -> Result<SafetensorsSource> {
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
+    let single = dir.join(WEIGHTS_FILE);
+    let index = dir.join(WEIGHTS_INDEX_FILE);
     let label = dir.display().to_string();
     if single.exists() {
         let bytes = FileBytes::map(&single)?;
         return SafetensorsSource::new(label, vec![(single.display().to_string(), bytes)]);
     }
     if index.exists() {
-        let text = read_text(&index)?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Error::input(
-                Location::file(index.display().to_string()).line(e.line()),
-                format!("invalid JSON: {e}"),
-            )
-        })?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| {
-                Error::input(
-                    Location::file(index.display().to_string()).field("weight_map"),
-                    "missing or not an object",
-                )
-            })?;
-        let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        let files = shards
+        let files = shard_names(&read_text(&index)?, &index.display().to_string())?
             .into_iter()
             .map(|name| {
                 let path = dir.join(name);
@@ -65,7 +65,7 @@ pub fn weights_in(dir: &Path) -> Result<SafetensorsSource> {
     }
     Err(Error::input(
         Location::file(label),
-        "no model.safetensors or model.safetensors.index.json in this directory",
+        format!("no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE} in this directory"),
     ))
 }
 
@@ -75,86 +75,57 @@ pub fn weights_file(path: &Path) -> Result<SafetensorsSource> {
     SafetensorsSource::new(label.clone(), vec![(label, FileBytes::map(path)?)])
 }
 
-/// Load a Hugging Face model directory (`config.json`, safetensors weights, `tokenizer.json`), or
-/// a `.gguf` file (memory-mapped; config and tokenizer rebuilt from its metadata).
-pub fn load_model_dir(dir: &Path, device: &Device) -> Result<ModelBundle> {
-    load_model_dir_with_ids(dir, &HashMap::new(), device)
-}
-
-/// `load_model_dir`, giving parameters the ids a checkpoint recorded (see `checkpoint.rs`).
-pub fn load_model_dir_with_ids(
-    dir: &Path,
-    ids: &HashMap<String, u64>,
-    device: &Device,
-) -> Result<ModelBundle> {
-    if let Some(hub) = dir.to_str().and_then(crate::hub::HubRef::parse) {
-        return load_model_dir_with_ids(&crate::hub::download(&hub?)?, ids, device);
-    }
-    if dir.is_file()
-        && dir
+fn is_gguf(path: &Path) -> bool {
+    path.is_file()
+        && path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        let label = dir.display().to_string();
+}
+
+/// Load a Hugging Face model folder (`config.json`, safetensors weights, `tokenizer.json`), or
+/// a `.gguf` file (memory-mapped; config and tokenizer rebuilt from its metadata). `hf:`
+/// references are resolved to a local path first (`io::native::resolve_model`).
+pub fn load_model(path: &Path, device: &Device) -> Result<ModelBundle> {
+    if is_gguf(path) {
+        let label = path.display().to_string();
         let (texts, weights) =
-            crate::gguf::gguf_model_texts_and_weights(&label, FileBytes::map(dir)?)?;
-        return ModelBundle::load(
-            texts,
-            &WithParamIds {
-                inner: &weights,
-                ids,
-            },
-            device,
-        );
+            crate::io::gguf::model_texts_and_weights(&label, FileBytes::map(path)?)?;
+        return ModelBundle::load(texts, &weights, device);
     }
-    if !dir.is_dir() {
+    if !path.is_dir() {
         return Err(Error::input(
-            Location::file(dir.display().to_string()),
+            Location::file(path.display().to_string()),
             "not a directory (expected a Hugging Face model directory or a .gguf file)",
         ));
     }
-    let config_path = dir.join("config.json");
+    let config_path = path.join(CONFIG_FILE);
     let config_json = read_text(&config_path)?;
     // Report a bad config before complaining about the files it implies.
-    crate::config::ModelConfig::from_json(&config_json, &config_path.display().to_string())?;
+    ModelConfig::from_json(&config_json, &config_path.display().to_string())?;
     let texts = ModelTexts {
-        label: dir.display().to_string(),
+        label: path.display().to_string(),
         config_json,
-        tokenizer_json: read_text(&dir.join("tokenizer.json"))?,
-        tokenizer_config_json: read_optional(&dir.join("tokenizer_config.json"))?,
+        tokenizer_json: read_text(&path.join(TOKENIZER_FILE))?,
+        tokenizer_config_json: read_optional(&path.join(TOKENIZER_CONFIG_FILE))?,
         extra_files: CARRIED_FILES
             .iter()
-            .filter_map(|name| match read_optional(&dir.join(name)) {
+            .filter_map(|name| match read_optional(&path.join(name)) {
                 Ok(Some(text)) => Some(Ok((name.to_string(), text))),
                 Ok(None) => None,
                 Err(e) => Some(Err(e)),
             })
             .collect::<Result<_>>()?,
     };
-    let weights = weights_in(dir)?;
-    ModelBundle::load(
-        texts,
-        &WithParamIds {
-            inner: &weights,
-            ids,
-        },
-        device,
-    )
+    ModelBundle::load(texts, &weights_in(path)?, device)
 }
 
-/// Load a PEFT LoRA adapter directory onto `model`.
-pub fn load_adapter_dir(
-    model: crate::model::CausalLm,
-    dir: &Path,
-    device: &Device,
-) -> Result<(crate::model::CausalLm, crate::peft::LoraSettings)> {
-    let config = read_text(&dir.join("adapter_config.json"))?;
-    let weights = weights_file(&dir.join("adapter_model.safetensors"))?;
-    crate::peft::load(model, &config, &weights, &dir.display().to_string(), device)
-}
-
-pub fn read_pairs(path: &Path) -> Result<Vec<PreferencePair>> {
-    parse_jsonl(&read_text(path)?, &path.display().to_string())
+/// A PEFT adapter folder (`adapter_config.json`, `adapter_model.safetensors`).
+pub fn read_adapter(dir: &Path) -> Result<AdapterFiles> {
+    Ok(AdapterFiles {
+        label: dir.display().to_string(),
+        config_json: read_text(&dir.join(ADAPTER_CONFIG_FILE))?,
+        weights: Box::new(weights_file(&dir.join(ADAPTER_WEIGHTS_FILE))?),
+    })
 }
 
 /// Write `files` into directory `dir`, each atomically: written to a temporary file beside it,
@@ -211,4 +182,13 @@ impl JsonLog {
             .and_then(|_| self.file.flush())
             .map_err(|e| Error::io(self.path.display(), e))
     }
+}
+
+/// `model` with the PEFT adapter of folder `dir` applied.
+pub fn load_adapter(
+    model: crate::model::CausalLm,
+    dir: &Path,
+    device: &Device,
+) -> Result<(crate::model::CausalLm, crate::model::lora::LoraSettings)> {
+    crate::io::peft::load(model, &read_adapter(dir)?, None, device)
 }

@@ -232,6 +232,32 @@ fn default_max_positions() -> usize {
     2048
 }
 
+/// A model family: one file under `model/` each (Qwen2 shares Llama's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Gpt2,
+    Llama,
+    Qwen2,
+}
+
+impl Family {
+    /// `config.json`'s `model_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Gpt2 => "gpt2",
+            Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which architecture a `config.json` describes, with its parsed fields.
 #[derive(Debug, Clone)]
 pub enum Architecture {
@@ -336,11 +362,11 @@ impl ModelConfig {
         }
     }
 
-    pub fn family(&self) -> &'static str {
+    pub fn family(&self) -> Family {
         match &self.architecture {
-            Architecture::Gpt2(_) => "gpt2",
-            Architecture::Llama(_) => "llama",
-            Architecture::Qwen2(_) => "qwen2",
+            Architecture::Gpt2(_) => Family::Gpt2,
+            Architecture::Llama(_) => Family::Llama,
+            Architecture::Qwen2(_) => Family::Qwen2,
         }
     }
 }

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::model::{NamedParam, ParamRole, ParamTensor};
 
+/// Read with `FromStr` (any case) from text and JSON alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum OptimizerKind {
     /// torch.optim.AdamW defaults: betas (0.9, 0.999), eps 1e-8.
     AdamW,
@@ -26,15 +27,17 @@ impl FromStr for OptimizerKind {
         match s.to_ascii_lowercase().as_str() {
             "adamw" => Ok(Self::AdamW),
             "sgd" => Ok(Self::Sgd),
-            other => Err(Error::Invalid(format!(
-                "unknown optimizer `{other}` (adamw or sgd)"
-            ))),
+            other => Err(Error::setting(
+                "optimizer",
+                format!("unknown optimizer `{other}` (adamw or sgd)"),
+            )),
         }
     }
 }
 
+/// Read with `FromStr` (any case) from text and JSON alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LrSchedule {
     Constant,
     /// Linear decay to 0 after warmup (the Trainer's default).
@@ -49,10 +52,25 @@ impl FromStr for LrSchedule {
             "constant" => Ok(Self::Constant),
             "linear" => Ok(Self::Linear),
             "cosine" => Ok(Self::Cosine),
-            other => Err(Error::Invalid(format!(
-                "unknown lr schedule `{other}` (constant, linear or cosine)"
-            ))),
+            other => Err(Error::setting(
+                "lr_schedule",
+                format!("unknown lr schedule `{other}` (constant, linear or cosine)"),
+            )),
         }
+    }
+}
+
+impl TryFrom<String> for LrSchedule {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
+    }
+}
+
+impl TryFrom<String> for OptimizerKind {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
     }
 }
 

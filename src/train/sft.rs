@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::model::RowScores;
+use crate::model::scoring::RowScores;
 
 /// Positions in `SftOutput::stats`.
 const LOSS: usize = 0;

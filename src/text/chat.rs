@@ -5,8 +5,8 @@
 use minijinja::{Environment, ErrorKind, context};
 use serde::{Deserialize, Serialize};
 
+use super::tokenizer::TextTokenizer;
 use crate::error::{Error, Result};
-use crate::tokenizer::TextTokenizer;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {

@@ -13,12 +13,13 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
-use crate::bundle::{ModelBundle, ModelTexts};
-use crate::data::PreferencePair;
+use super::optim::{LrSchedule, OptimizerKind};
+use super::options::TrainOptions;
 use crate::error::Result;
-use crate::optim::{LrSchedule, OptimizerKind};
-use crate::train::TrainOptions;
-use crate::weights::RandomInit;
+use crate::io::bundle::ModelBundle;
+use crate::io::model_dir::ModelTexts;
+use crate::model::weights::RandomInit;
+use crate::text::rows::PreferencePair;
 
 const SPECIALS: [&str; 3] = ["<pad>", "<eos>", "<unk>"];
 

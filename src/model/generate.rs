@@ -7,9 +7,8 @@ use rand::rngs::StdRng;
 use rand_distr::Distribution;
 use serde::{Deserialize, Serialize};
 
+use super::CausalLm;
 use crate::error::{Error, Result};
-use crate::model::CausalLm;
-use crate::tokenizer::TextTokenizer;
 
 /// How the next token is chosen. `temperature <= 0` is greedy decoding (transformers'
 /// `do_sample=False`); otherwise logits are divided by the temperature, filtered by `top_k` and
@@ -44,10 +43,10 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(options: SamplingOptions) -> Result<Self> {
         if options.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-            return Err(Error::Invalid("top_p must be in (0, 1]".into()));
+            return Err(Error::setting("top_p", "must be in (0, 1]"));
         }
         if options.top_k == Some(0) {
-            return Err(Error::Invalid("top_k must be at least 1".into()));
+            return Err(Error::setting("top_k", "must be at least 1"));
         }
         Ok(Self {
             rng: StdRng::seed_from_u64(options.seed),
@@ -134,16 +133,19 @@ pub async fn generate(
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     if prompt.is_empty() {
-        return Err(Error::Invalid("the prompt has no tokens".into()));
+        return Err(Error::setting("prompt", "has no tokens"));
     }
     if let Some(limit) = model.max_positions()
         && prompt.len() + options.max_new_tokens > limit
     {
-        return Err(Error::Invalid(format!(
-            "prompt ({}) + max_new_tokens ({}) exceed the model's {limit} positions",
-            prompt.len(),
-            options.max_new_tokens
-        )));
+        return Err(Error::setting(
+            "max_new_tokens",
+            format!(
+                "the prompt ({}) + {} new tokens exceed the model's {limit} positions",
+                prompt.len(),
+                options.max_new_tokens
+            ),
+        ));
     }
     let mut sampler = Sampler::new(options.clone())?;
     let mut cache = model.new_cache();
@@ -162,61 +164,6 @@ pub async fn generate(
         hidden = model.forward(ids(&[token]), None, &mut cache);
     }
     Ok(out)
-}
-
-/// Turns a growing list of token ids into text deltas, holding back a possibly incomplete UTF-8
-/// sequence (byte-level BPE and byte fallback split characters across tokens).
-///
-/// The deltas join to the decoded text, except in one case no stream can undo: with sentencepiece
-/// byte fallback, a byte token that follows a complete character can turn the whole byte run
-/// into invalid UTF-8 (`�` per byte), rewriting text already emitted; the stream then goes on
-/// after it. Use the full decode of the ids, not the joined deltas, as the final text.
-pub struct TextStream<'a> {
-    tokenizer: &'a TextTokenizer,
-    ids: Vec<u32>,
-    emitted: String,
-}
-
-impl<'a> TextStream<'a> {
-    pub fn new(tokenizer: &'a TextTokenizer) -> Self {
-        Self {
-            tokenizer,
-            ids: Vec::new(),
-            emitted: String::new(),
-        }
-    }
-
-    /// The new text that `token` completes (possibly empty).
-    pub fn push(&mut self, token: u32) -> Result<String> {
-        self.ids.push(token);
-        let text = self.tokenizer.decode_skipping_special(&self.ids)?;
-        if text.ends_with('\u{FFFD}') {
-            return Ok(String::new());
-        }
-        Ok(self.advance(text))
-    }
-
-    /// What is still held back (a trailing `�` at the end of generation).
-    pub fn finish(&mut self) -> Result<String> {
-        let text = self.tokenizer.decode_skipping_special(&self.ids)?;
-        Ok(self.advance(text))
-    }
-
-    fn advance(&mut self, text: String) -> String {
-        let delta = match text.strip_prefix(self.emitted.as_str()) {
-            Some(new) => new.to_string(),
-            None => {
-                // The tail was rewritten: continue after as much as was emitted.
-                let mut at = self.emitted.len().min(text.len());
-                while !text.is_char_boundary(at) {
-                    at += 1;
-                }
-                text[at..].to_string()
-            }
-        };
-        self.emitted = text;
-        delta
-    }
 }
 
 #[cfg(test)]

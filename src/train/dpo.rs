@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_sigmoid;
 use serde::{Deserialize, Serialize};
 
-use crate::model::RowScores;
+use crate::model::scoring::RowScores;
 
 /// Device-side results of one batch: the loss to differentiate and a small vector of statistics
 /// read back once per step.
@@ -123,74 +123,9 @@ impl DpoMetrics {
     }
 }
 
-/// Aggregates per-batch metrics the way the Trainer reports an evaluation: the loss is weighted
-/// by each batch's size (its mean loss repeated per row), every other metric is the plain mean of
-/// the per-batch values (`DPOTrainer.log`/`SFTTrainer.log` average their per-batch lists).
-#[derive(Debug, Default, Clone)]
-pub struct MetricsAccumulator {
-    sums: serde_json::Map<String, serde_json::Value>,
-    batches: usize,
-    weighted_loss: f64,
-    rows: usize,
-}
-
-impl MetricsAccumulator {
-    pub fn add<M: Serialize>(&mut self, batch: &M, rows: usize) {
-        let value = serde_json::to_value(batch).expect("metrics serialize");
-        for (key, v) in value.as_object().expect("metrics are an object") {
-            let v = v.as_f64().unwrap_or(0.0);
-            let sum = self.sums.entry(key.clone()).or_insert(0.0.into());
-            *sum = (sum.as_f64().unwrap_or(0.0) + v).into();
-            if key == "loss" {
-                self.weighted_loss += v * rows as f64;
-            }
-        }
-        self.batches += 1;
-        self.rows += rows;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.batches == 0
-    }
-
-    pub fn mean<M: serde::de::DeserializeOwned>(&self) -> M {
-        let n = self.batches.max(1) as f64;
-        let mut out = serde_json::Map::new();
-        for (key, sum) in &self.sums {
-            let mean = if key == "loss" {
-                self.weighted_loss / self.rows.max(1) as f64
-            } else {
-                sum.as_f64().unwrap_or(0.0) / n
-            };
-            out.insert(key.clone(), mean.into());
-        }
-        serde_json::from_value(out.into()).expect("same keys as serialized")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn aggregation_follows_trl() {
-        let mut acc = MetricsAccumulator::default();
-        let a = DpoMetrics {
-            loss: 1.0,
-            rewards_accuracies: 1.0,
-            ..Default::default()
-        };
-        let b = DpoMetrics {
-            loss: 4.0,
-            rewards_accuracies: 0.0,
-            ..Default::default()
-        };
-        acc.add(&a, 3);
-        acc.add(&b, 1);
-        let m: DpoMetrics = acc.mean();
-        assert!((m.loss - (3.0 + 4.0) / 4.0).abs() < 1e-12);
-        assert!((m.rewards_accuracies - 0.5).abs() < 1e-12);
-    }
 
     #[test]
     fn serializes_with_trl_names() {

@@ -1,7 +1,8 @@
 //! The one training loop, `async` so the same code runs under `pollster::block_on` natively and
 //! under the browser's event loop in a Web Worker. Every device readback here is asynchronous.
 //! It trains DPO (preference pairs against a frozen reference) or SFT (completions); everything
-//! but the batch and the loss is shared.
+//! but the batch and the loss is shared. It knows nothing of files: `checkpoint.rs` saves and
+//! restores it, `run.rs` builds it.
 
 use std::collections::HashMap;
 
@@ -14,132 +15,25 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
-use crate::data::{TokenizedCompletion, TokenizedPair, collate_completions, collate_pairs};
-use crate::dpo::{DpoMetrics, MetricsAccumulator, dpo_loss};
+use super::dpo::{DpoMetrics, dpo_loss};
+use super::metrics::{Metrics, MetricsAccumulator, StepReport};
+use super::optim::{ParamInfo, build_optimizer, clip_grad_norm, param_infos};
+use super::options::TrainOptions;
+use super::sft::{SftMetrics, sft_loss};
 use crate::error::{Error, Result};
-use crate::model::{CausalLm, ScoringBatch, score_completions};
-use crate::optim::{
-    LrSchedule, OptimizerKind, ParamInfo, build_optimizer, clip_grad_norm, param_infos,
-};
-use crate::sft::{SftMetrics, sft_loss};
+use crate::model::CausalLm;
+use crate::model::scoring::{ScoringBatch, score_completions};
+use crate::text::collate::{collate_completions, collate_pairs};
+use crate::text::tokenize::{TokenizedCompletion, TokenizedPair};
 
-/// Training hyper-parameters. Defaults follow TRL's `DPOConfig` / transformers' `TrainingArguments`
-/// where a user could compare numbers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainOptions {
-    pub optimizer: OptimizerKind,
-    pub learning_rate: f64,
-    /// Examples (preference pairs, or SFT sequences) per optimizer step.
-    pub batch_size: usize,
-    pub epochs: usize,
-    /// Overrides `epochs` when set.
-    pub max_steps: Option<usize>,
-    /// DPO's β.
-    pub beta: f64,
-    /// `keep_start` truncation of prompt+completion; DPO pairs whose prompt fills it are dropped.
-    pub max_length: Option<usize>,
-    pub seed: u64,
-    /// Global gradient-norm clipping; 0 turns it off.
-    pub max_grad_norm: f64,
-    pub weight_decay: f64,
-    pub lr_schedule: LrSchedule,
-    pub warmup_steps: usize,
-    pub eval_batch_size: usize,
-    /// Visit training examples in a new random order each epoch (off: file order).
-    #[serde(default = "default_true")]
-    pub shuffle: bool,
-}
-
-impl TrainOptions {
-    /// Lower a default `max_length` to what the model can take (GPT-2's learned positions).
-    /// Returns the new limit when it changed, for a notice.
-    pub fn fit_max_length(&mut self, model_limit: Option<usize>) -> Option<usize> {
-        let limit = model_limit?;
-        if self.max_length.is_none_or(|m| m > limit) {
-            self.max_length = Some(limit);
-            return Some(limit);
-        }
-        None
-    }
-
-    /// TRL's `SFTConfig` defaults differ from `DPOConfig`'s in the learning rate.
-    pub fn sft_defaults() -> Self {
-        Self {
-            learning_rate: 2e-5,
-            ..Self::default()
-        }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        Self {
-            optimizer: OptimizerKind::AdamW,
-            learning_rate: 1e-6,
-            batch_size: 8,
-            epochs: 1,
-            max_steps: None,
-            beta: 0.1,
-            max_length: Some(1024),
-            seed: 42,
-            max_grad_norm: 1.0,
-            weight_decay: 0.0,
-            lr_schedule: LrSchedule::Linear,
-            warmup_steps: 0,
-            eval_batch_size: 8,
-            shuffle: true,
-        }
-    }
-}
-
-/// Metrics of a step or an evaluation, under TRL's names when serialized.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Metrics {
-    Dpo(DpoMetrics),
-    Sft(SftMetrics),
-}
-
-impl Metrics {
-    pub fn loss(&self) -> f64 {
-        match self {
-            Metrics::Dpo(m) => m.loss,
-            Metrics::Sft(m) => m.loss,
-        }
-    }
-
-    pub fn dpo(&self) -> Option<&DpoMetrics> {
-        match self {
-            Metrics::Dpo(m) => Some(m),
-            Metrics::Sft(_) => None,
-        }
-    }
-}
-
-/// What one optimizer step did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepReport {
-    pub step: usize,
-    pub total_steps: usize,
-    pub epoch: f64,
-    #[serde(flatten)]
-    pub metrics: Metrics,
-    pub grad_norm: f64,
-    pub learning_rate: f64,
-    pub seconds: f64,
-}
-
-/// Training and evaluation examples, and what is learned from them.
-pub enum Task {
-    /// DPO against `reference` (`None`: a frozen copy of the starting policy).
+/// Training and evaluation examples, and what is learned from them. (Which model is the
+/// reference is decided in `run.rs`.)
+pub enum TaskData {
+    /// DPO against a frozen `reference`.
     Dpo {
         train: Vec<TokenizedPair>,
         eval: Vec<TokenizedPair>,
-        reference: Option<CausalLm>,
+        reference: CausalLm,
     },
     Sft {
         train: Vec<TokenizedCompletion>,
@@ -195,53 +89,54 @@ pub struct Trainer {
     progress: Progress,
 }
 
-/// The DPO trainer is the general trainer; the name stays for readers coming from TRL.
-pub type DpoTrainer = Trainer;
-
 impl Trainer {
     /// `policy` starts training from its current weights. Models live on `device` (no autodiff).
-    pub fn with_task(
+    pub fn new(
         policy: CausalLm,
-        task: Task,
+        task: TaskData,
         pad_id: u32,
         options: TrainOptions,
         device: &Device,
     ) -> Result<Self> {
         let train_len = match &task {
-            Task::Dpo { train, .. } => train.len(),
-            Task::Sft { train, .. } => train.len(),
+            TaskData::Dpo { train, .. } => train.len(),
+            TaskData::Sft { train, .. } => train.len(),
         };
         if train_len == 0 {
             return Err(Error::Invalid(
                 "no training examples left after tokenization".into(),
             ));
         }
-        if options.batch_size == 0 || options.eval_batch_size == 0 {
-            return Err(Error::Invalid("batch sizes must be at least 1".into()));
+        for (field, size) in [
+            ("batch_size", options.batch_size),
+            ("eval_batch_size", options.eval_batch_size),
+        ] {
+            if size == 0 {
+                return Err(Error::setting(field, "must be at least 1"));
+            }
         }
         if let (Some(max_len), Some(limit)) = (options.max_length, policy.max_positions())
             && max_len > limit
         {
-            return Err(Error::Invalid(format!(
-                "--max-length {max_len} exceeds the model's {limit} positions"
-            )));
+            return Err(Error::setting(
+                "max_length",
+                format!("{max_len} exceeds the model's {limit} positions"),
+            ));
         }
         let objective = match task {
-            Task::Dpo {
+            TaskData::Dpo {
                 train,
                 eval,
                 reference,
             } => Objective::Dpo {
                 train,
                 eval,
-                reference: reference.unwrap_or_else(|| policy.valid()),
+                reference,
                 ref_logps: HashMap::new(),
             },
-            Task::Sft { train, eval } => Objective::Sft { train, eval },
+            TaskData::Sft { train, eval } => Objective::Sft { train, eval },
         };
-        let mut named = policy.named_params();
-        named.extend(crate::peft::adapter_params(&policy));
-        let params = param_infos(&named);
+        let params = param_infos(&policy.optimizer_params());
         let optimizer = build_optimizer(options.optimizer, options.weight_decay, &params);
         let total_steps = options
             .max_steps
@@ -267,30 +162,6 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// A DPO run (TRL's `DPOTrainer`); `reference` defaults to a frozen copy of `policy`
-    /// (sharing memory until the first update).
-    pub fn new(
-        policy: CausalLm,
-        reference: Option<CausalLm>,
-        train: Vec<TokenizedPair>,
-        eval: Vec<TokenizedPair>,
-        pad_id: u32,
-        options: TrainOptions,
-        device: &Device,
-    ) -> Result<Self> {
-        Self::with_task(
-            policy,
-            Task::Dpo {
-                train,
-                eval,
-                reference,
-            },
-            pad_id,
-            options,
-            device,
-        )
-    }
-
     pub fn total_steps(&self) -> usize {
         self.total_steps
     }
@@ -307,6 +178,11 @@ impl Trainer {
         &self.options
     }
 
+    /// Where the models live.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn train_len(&self) -> usize {
         match &self.objective {
             Objective::Dpo { train, .. } => train.len(),
@@ -319,15 +195,6 @@ impl Trainer {
             Objective::Dpo { eval, .. } => eval.len(),
             Objective::Sft { eval, .. } => eval.len(),
         }
-    }
-
-    /// Kept for callers that think in pairs.
-    pub fn train_pairs(&self) -> usize {
-        self.train_len()
-    }
-
-    pub fn eval_pairs(&self) -> usize {
-        self.eval_len()
     }
 
     /// The policy without autodiff, for evaluation or export (shares the weights, no copy).
@@ -343,14 +210,9 @@ impl Trainer {
         &self.progress
     }
 
-    /// Continue a saved run: optimizer state and schedule position (the weights, with their
-    /// parameter ids, were loaded into the policy this trainer was built with).
-    pub fn resume(
-        &mut self,
-        optimizer_state: Vec<u8>,
-        progress: Progress,
-        source: &str,
-    ) -> Result<()> {
+    /// Continue a saved run (see `checkpoint.rs`): optimizer state already loaded into an
+    /// optimizer built like this trainer's, and the schedule position.
+    pub fn restore(&mut self, optimizer: ModuleOptimizer, progress: Progress) -> Result<()> {
         if progress.order.len() != self.train_len() {
             return Err(Error::Invalid(format!(
                 "the checkpoint was made with {} training examples, this run has {}",
@@ -358,8 +220,7 @@ impl Trainer {
                 self.train_len()
             )));
         }
-        self.optimizer =
-            crate::checkpoint::load_optimizer(self.optimizer.clone(), optimizer_state, source)?;
+        self.optimizer = optimizer;
         self.progress = progress;
         Ok(())
     }

@@ -1,0 +1,226 @@
+//! The command line: clap's definitions, and how flags become the core's settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use dpo_wgpu::backend::BackendChoice;
+use dpo_wgpu::model::generate::SamplingOptions;
+use dpo_wgpu::train::optim::{LrSchedule, OptimizerKind};
+use dpo_wgpu::train::options::OptionOverrides;
+use dpo_wgpu::train::run::LoraRequest;
+
+#[derive(Parser)]
+#[command(
+    name = "dpo-wgpu",
+    version,
+    about = "Direct Preference Optimization on any GPU"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Fine-tune a model with DPO. With no --model and --data, trains the built-in demo.
+    Train(TrainArgs),
+    /// Supervised fine-tuning on prompt/completion, messages or text rows (before DPO).
+    Sft(RunArgs),
+    /// Print DPO metrics of a model on preference pairs.
+    Eval(EvalArgs),
+    /// Generate text, streaming tokens as they come.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Reference model directory; default: the starting policy (base weights with LoRA).
+    #[arg(long)]
+    pub ref_model: Option<String>,
+    #[arg(long)]
+    pub beta: Option<f64>,
+}
+
+/// What `train` and `sft` share.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json), a .gguf
+    /// file, or hf:OWNER/NAME[@REVISION].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Training rows, JSONL.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Held-out rows evaluated before, during (--eval-every) and after training.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Output directory: the model (or adapter), metrics.jsonl, checkpoint-N/ directories.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Learning rate (TRL's defaults: DPO 1e-6, SFT 2e-5; the demo uses 3e-3).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub lr_scheduler: Option<LrSchedule>,
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Examples per step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Truncate prompt+completion to this many tokens (keep_start); 0 = no limit.
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Global gradient-norm clipping; 0 = off.
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long)]
+    pub eval_batch_size: Option<usize>,
+    /// Evaluate every N steps (0 = only before and after).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+    /// Write a resumable checkpoint-N/ every N steps (0 = only the final model).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: usize,
+    /// Print metrics every N steps.
+    #[arg(long, default_value_t = 1)]
+    pub log_every: usize,
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// Train LoRA adapters of this rank instead of every weight.
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA scaling numerator (default: 2 × rank).
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// Comma-separated module names to adapt (default: q_proj,v_proj; GPT-2: c_attn).
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
+    /// Start from an existing PEFT adapter (its settings are kept).
+    #[arg(long)]
+    pub lora_adapter: Option<PathBuf>,
+    /// Save a full model with the adapters folded in, instead of the adapter.
+    #[arg(long)]
+    pub merge_lora: bool,
+    /// Continue from a checkpoint-N directory written by --save-every.
+    #[arg(long)]
+    pub resume_from: Option<PathBuf>,
+}
+
+impl RunArgs {
+    pub fn overrides(&self, beta: Option<f64>) -> OptionOverrides {
+        OptionOverrides {
+            optimizer: self.optimizer,
+            learning_rate: self.lr,
+            lr_schedule: self.lr_scheduler,
+            warmup_steps: self.warmup_steps,
+            batch_size: self.batch_size,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            beta,
+            max_length: self.max_length,
+            seed: self.seed,
+            max_grad_norm: self.max_grad_norm,
+            weight_decay: self.weight_decay,
+            eval_batch_size: self.eval_batch_size,
+        }
+    }
+
+    pub fn lora(&self) -> Option<LoraRequest> {
+        self.lora_rank.map(|rank| LoraRequest {
+            rank,
+            alpha: self.lora_alpha,
+            targets: self.lora_targets.clone(),
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub model: String,
+    /// A PEFT adapter to apply to --model.
+    #[arg(long)]
+    pub lora_adapter: Option<PathBuf>,
+    #[arg(long)]
+    pub ref_model: Option<String>,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// Truncation limit (keep_start); default 1024 or the model's positions; 0 = no limit.
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// Print one JSON object with TRL's metric names.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Hugging Face model directory, a .gguf file, or hf:OWNER/NAME[@REVISION].
+    #[arg(long)]
+    pub model: String,
+    /// A PEFT adapter to apply to --model.
+    #[arg(long)]
+    pub lora_adapter: Option<PathBuf>,
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message (with --chat).
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+}
+
+impl GenerateArgs {
+    pub fn sampling(&self) -> SamplingOptions {
+        SamplingOptions {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        }
+    }
+}
+
+/// The flag that sets a core setting (`Error::Setting`'s field), for messages.
+pub fn flag(field: &str) -> String {
+    let name = match field {
+        "learning_rate" => "lr",
+        "lr_schedule" => "lr-scheduler",
+        "reference" => "ref-model",
+        other => return format!("--{}", other.replace('_', "-")),
+    };
+    format!("--{name}")
+}

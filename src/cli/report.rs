@@ -1,0 +1,134 @@
+//! What the CLI prints: one line per step, evaluations, the run's summary. Metrics go to stdout,
+//! everything else to stderr.
+
+use dpo_wgpu::io::native::HubProgress;
+use dpo_wgpu::train::metrics::{Metrics, StepReport};
+use dpo_wgpu::train::options::TrainOptions;
+use dpo_wgpu::train::run::{DataSummary, DropReason, Outcome, Summary};
+
+use crate::args::flag;
+
+pub fn hub_progress(p: HubProgress) {
+    match p {
+        HubProgress::Started { reference, into } => {
+            eprintln!("fetching {reference} into {}", into.display())
+        }
+        HubProgress::Bytes {
+            file,
+            done,
+            total: Some(total),
+        } => eprintln!("  {file}: {} / {} MB", done >> 20, total >> 20),
+        HubProgress::Bytes { file, done, .. } => eprintln!("  {file}: {} MB", done >> 20),
+    }
+}
+
+fn dropped(what: &str, data: &DataSummary, reason: DropReason) {
+    if data.dropped == 0 {
+        return;
+    }
+    let why = match reason {
+        DropReason::PromptFillsMaxLength => {
+            format!("pairs whose prompt alone fills {}", flag("max_length"))
+        }
+        DropReason::NoCompletionWithinMaxLength => format!(
+            "rows with no completion token within {}",
+            flag("max_length")
+        ),
+    };
+    eprintln!(
+        "notice: dropped {} {what} {why} ({})",
+        data.dropped, data.source
+    );
+}
+
+/// Before a run starts: what was built.
+pub fn summary(s: &Summary, options: &TrainOptions, total_steps: usize) {
+    if let Some(limit) = s.max_length_fitted {
+        eprintln!(
+            "notice: {} defaults to the model's {limit} positions",
+            flag("max_length")
+        );
+    }
+    if let Some(lora) = &s.lora {
+        eprintln!(
+            "LoRA rank {}, alpha {}, on {}: {} trainable parameters",
+            lora.rank,
+            lora.alpha,
+            lora.targets.join(","),
+            s.trainable_parameters
+        );
+    }
+    if s.demo {
+        eprintln!(
+            "no --model/--data: training the built-in demo ({} training pairs, {} held-out pairs \
+             on unseen subjects)",
+            s.train.kept,
+            s.eval.as_ref().map_or(0, |e| e.kept)
+        );
+    }
+    dropped("training", &s.train, s.drop_reason);
+    if let Some(eval) = &s.eval {
+        dropped("eval", eval, s.drop_reason);
+    }
+    if let Some((from, step)) = &s.resumed {
+        eprintln!("resumed from {from} at step {step}");
+    }
+    eprintln!(
+        "{}: {} model, {} training examples, {} eval examples, {total_steps} steps of {}, lr {}{}",
+        s.task,
+        s.family,
+        s.train.kept,
+        s.eval.as_ref().map_or(0, |e| e.kept),
+        options.batch_size,
+        options.learning_rate,
+        match s.task {
+            dpo_wgpu::train::options::Task::Dpo => format!(", beta {}", options.beta),
+            dpo_wgpu::train::options::Task::Sft => String::new(),
+        },
+    );
+}
+
+pub fn step(r: &StepReport) {
+    let head = format!("step {:>4}/{}", r.step, r.total_steps);
+    let tail = format!(
+        "grad {:.3} | lr {:.2e} | {:.3}s",
+        r.grad_norm, r.learning_rate, r.seconds
+    );
+    match &r.metrics {
+        Metrics::Dpo(m) => println!(
+            "{head} | loss {:.4} | acc {:.3} | margin {:+.4} | chosen {:+.4} | rejected {:+.4} | {tail}",
+            m.loss, m.rewards_accuracies, m.rewards_margins, m.rewards_chosen, m.rewards_rejected
+        ),
+        Metrics::Sft(m) => println!(
+            "{head} | loss {:.4} | token acc {:.3} | entropy {:.3} | {tail}",
+            m.loss, m.mean_token_accuracy, m.entropy
+        ),
+    }
+}
+
+pub fn eval(label: &str, step: usize, m: &Metrics) {
+    match m {
+        Metrics::Dpo(m) => println!(
+            "{label} (step {step}) | eval loss {:.4} | reward accuracy {:.3} | margin {:+.4} | \
+             logps chosen {:.3} rejected {:.3}",
+            m.loss, m.rewards_accuracies, m.rewards_margins, m.logps_chosen, m.logps_rejected
+        ),
+        Metrics::Sft(m) => println!(
+            "{label} (step {step}) | eval loss {:.4} | token accuracy {:.3}",
+            m.loss, m.mean_token_accuracy
+        ),
+    }
+}
+
+/// After the last step.
+pub fn outcome(o: &Outcome) {
+    if let Some((mean, steps)) = o.steady_step_seconds() {
+        eprintln!("{mean:.3} s/step (mean of steps 2..{})", steps + 1);
+    }
+    if let (Some(Metrics::Dpo(b)), Some(Metrics::Dpo(a))) = (o.before, o.after) {
+        eprintln!(
+            "held-out reward accuracy {:.3} -> {:.3}, loss {:.4} -> {:.4}",
+            b.rewards_accuracies, a.rewards_accuracies, b.loss, a.loss
+        );
+    }
+}

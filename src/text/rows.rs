@@ -1,0 +1,259 @@
+//! Training rows in TRL's formats, parsed from JSONL with errors naming the line and field.
+//!
+//! Preference rows (DPO): `{"prompt", "chosen", "rejected"}`, all plain text or all lists of
+//! `{"role", "content"}` messages. SFT rows: `{"prompt", "completion"}` (text or messages),
+//! `{"text"}`, or `{"messages"}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::chat::Message;
+use crate::error::{Error, Location, Result};
+
+/// A field's value: plain text, or a conversation rendered with the model's chat template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Messages(Vec<Message>),
+}
+
+impl From<String> for Content {
+    fn from(s: String) -> Self {
+        Content::Text(s)
+    }
+}
+
+impl From<&str> for Content {
+    fn from(s: &str) -> Self {
+        Content::Text(s.to_string())
+    }
+}
+
+/// One preference row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreferencePair {
+    pub prompt: Content,
+    pub chosen: Content,
+    pub rejected: Content,
+}
+
+/// One SFT row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SftExample {
+    /// Loss on the completion only (TRL's `completion_only_loss` default for this format).
+    PromptCompletion {
+        prompt: Content,
+        completion: Content,
+    },
+    /// Loss on every token.
+    Messages { messages: Vec<Message> },
+    /// Loss on every token.
+    Text { text: String },
+}
+
+/// JSONL text and what to call it in errors (a file path, `trainData`).
+#[derive(Debug, Clone)]
+pub struct Jsonl {
+    pub source: String,
+    pub text: String,
+}
+
+impl Jsonl {
+    pub fn pairs(&self) -> Result<Vec<PreferencePair>> {
+        parse_jsonl(&self.text, &self.source)
+    }
+
+    pub fn sft_examples(&self) -> Result<Vec<SftExample>> {
+        parse_sft_jsonl(&self.text, &self.source)
+    }
+}
+
+/// Read JSONL rows with `parse`, naming `source`, the 1-based line and the field in errors.
+/// Blank lines are skipped.
+fn parse_lines<T>(
+    text: &str,
+    source: &str,
+    parse: impl Fn(&Map<String, Value>, &dyn Fn(&str) -> Location) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut rows = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |field: &str| {
+            let l = Location::file(source).line(index + 1);
+            if field.is_empty() { l } else { l.field(field) }
+        };
+        let value: Value = serde_json::from_str(line)
+            .map_err(|e| Error::input(at(""), format!("invalid JSON: {e}")))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| Error::input(at(""), "expected a JSON object"))?;
+        rows.push(parse(object, &at)?);
+    }
+    if rows.is_empty() {
+        return Err(Error::input(Location::file(source), "no rows"));
+    }
+    Ok(rows)
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn messages(value: &Value, field: &str, at: &dyn Fn(&str) -> Location) -> Result<Vec<Message>> {
+    let list = value.as_array().expect("checked by the caller");
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let here = || at(&format!("{field}[{i}]"));
+            let get = |key: &str| -> Result<String> {
+                match m.get(key) {
+                    Some(Value::String(s)) => Ok(s.clone()),
+                    Some(other) => Err(Error::input(
+                        here(),
+                        format!("`{key}` must be a string, found {}", json_kind(other)),
+                    )),
+                    None => Err(Error::input(here(), format!("message has no `{key}`"))),
+                }
+            };
+            Ok(Message {
+                role: get("role")?,
+                content: get("content")?,
+            })
+        })
+        .collect()
+}
+
+fn content(
+    object: &Map<String, Value>,
+    field: &str,
+    at: &dyn Fn(&str) -> Location,
+) -> Result<Content> {
+    match object.get(field) {
+        Some(Value::String(s)) => Ok(Content::Text(s.clone())),
+        Some(v @ Value::Array(_)) => Ok(Content::Messages(messages(v, field, at)?)),
+        Some(other) => Err(Error::input(
+            at(field),
+            format!(
+                "expected a string or a list of messages, found {}",
+                json_kind(other)
+            ),
+        )),
+        None => Err(Error::input(at(field), "missing")),
+    }
+}
+
+/// Parse preference JSONL; `source` names the file in errors.
+pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<PreferencePair>> {
+    parse_lines(text, source, |object, at| {
+        let pair = PreferencePair {
+            prompt: content(object, "prompt", at)?,
+            chosen: content(object, "chosen", at)?,
+            rejected: content(object, "rejected", at)?,
+        };
+        let chat = |c: &Content| matches!(c, Content::Messages(_));
+        if chat(&pair.prompt) != chat(&pair.chosen) || chat(&pair.chosen) != chat(&pair.rejected) {
+            return Err(Error::input(
+                at(""),
+                "prompt, chosen and rejected must all be text or all be message lists",
+            ));
+        }
+        Ok(pair)
+    })
+}
+
+/// Parse SFT JSONL (`prompt`+`completion`, `messages` or `text` rows).
+pub fn parse_sft_jsonl(text: &str, source: &str) -> Result<Vec<SftExample>> {
+    parse_lines(text, source, |object, at| {
+        if object.contains_key("prompt") || object.contains_key("completion") {
+            let prompt = content(object, "prompt", at)?;
+            let completion = content(object, "completion", at)?;
+            if matches!(prompt, Content::Messages(_)) != matches!(completion, Content::Messages(_))
+            {
+                return Err(Error::input(
+                    at(""),
+                    "prompt and completion must both be text or both be message lists",
+                ));
+            }
+            return Ok(SftExample::PromptCompletion { prompt, completion });
+        }
+        if let Some(value) = object.get("messages") {
+            if !value.is_array() {
+                return Err(Error::input(at("messages"), "expected a list of messages"));
+            }
+            return Ok(SftExample::Messages {
+                messages: messages(value, "messages", at)?,
+            });
+        }
+        match object.get("text") {
+            Some(Value::String(s)) => Ok(SftExample::Text { text: s.clone() }),
+            Some(other) => Err(Error::input(
+                at("text"),
+                format!("expected a string, found {}", json_kind(other)),
+            )),
+            None => Err(Error::input(
+                at(""),
+                "expected `prompt` + `completion`, `messages` or `text`",
+            )),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_errors_name_line_and_field() {
+        let text = "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n\n{\"prompt\":\"a\",\"chosen\":3,\"rejected\":\"c\"}\n";
+        let err = parse_jsonl(text, "data.jsonl").unwrap_err().to_string();
+        assert!(err.starts_with("data.jsonl:3 (field `chosen`)"), "{err}");
+        let err = parse_jsonl("{\"prompt\":\"a\",\"chosen\":\"b\"}", "d.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("d.jsonl:1 (field `rejected`): missing"),
+            "{err}"
+        );
+        let err = parse_jsonl("not json", "d.jsonl").unwrap_err().to_string();
+        assert!(err.contains("d.jsonl:1: invalid JSON"), "{err}");
+        let bad_message = "{\"prompt\":[{\"role\":\"user\"}],\"chosen\":[],\"rejected\":[]}";
+        let err = parse_jsonl(bad_message, "c.jsonl").unwrap_err().to_string();
+        assert!(
+            err.contains("c.jsonl:1 (field `prompt[0]`): message has no `content`"),
+            "{err}"
+        );
+        let mixed = "{\"prompt\":\"a\",\"chosen\":[],\"rejected\":\"c\"}";
+        assert!(parse_jsonl(mixed, "m.jsonl").is_err());
+    }
+
+    #[test]
+    fn sft_rows_of_every_format_parse() {
+        let text = concat!(
+            "{\"prompt\":\"a\",\"completion\":\"b\"}\n",
+            "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}\n",
+            "{\"text\":\"plain\"}\n",
+        );
+        let rows = parse_sft_jsonl(text, "s.jsonl").unwrap();
+        assert!(matches!(rows[0], SftExample::PromptCompletion { .. }));
+        assert!(matches!(rows[1], SftExample::Messages { .. }));
+        assert!(matches!(rows[2], SftExample::Text { .. }));
+        let err = parse_sft_jsonl("{\"prompt\":\"a\"}", "s.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("s.jsonl:1 (field `completion`): missing"),
+            "{err}"
+        );
+    }
+}

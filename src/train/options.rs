@@ -1,0 +1,221 @@
+//! Training settings: TRL's defaults per task, and the one rule for how a user's settings
+//! (CLI flags, JavaScript options) override them.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::optim::{LrSchedule, OptimizerKind};
+use crate::error::Error;
+
+/// What a run learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Direct Preference Optimization on preference pairs (TRL's `DPOTrainer`).
+    Dpo,
+    /// Supervised fine-tuning on completions (TRL's `SFTTrainer`).
+    Sft,
+}
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Dpo => "dpo",
+            Task::Sft => "sft",
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Task {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "dpo" => Ok(Task::Dpo),
+            "sft" => Ok(Task::Sft),
+            other => Err(Error::setting(
+                "task",
+                format!("unknown task `{other}` (dpo or sft)"),
+            )),
+        }
+    }
+}
+
+/// Training hyper-parameters. Defaults follow TRL's `DPOConfig` / transformers' `TrainingArguments`
+/// where a user could compare numbers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub optimizer: OptimizerKind,
+    pub learning_rate: f64,
+    /// Examples (preference pairs, or SFT sequences) per optimizer step.
+    pub batch_size: usize,
+    pub epochs: usize,
+    /// Overrides `epochs` when set.
+    pub max_steps: Option<usize>,
+    /// DPO's β.
+    pub beta: f64,
+    /// `keep_start` truncation of prompt+completion; DPO pairs whose prompt fills it are dropped.
+    pub max_length: Option<usize>,
+    pub seed: u64,
+    /// Global gradient-norm clipping; 0 turns it off.
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub lr_schedule: LrSchedule,
+    pub warmup_steps: usize,
+    pub eval_batch_size: usize,
+    /// Visit training examples in a new random order each epoch (off: file order).
+    #[serde(default = "default_true")]
+    pub shuffle: bool,
+}
+
+impl TrainOptions {
+    /// Lower a default `max_length` to what the model can take (GPT-2's learned positions).
+    /// Returns the new limit when it changed, for a notice.
+    pub fn fit_max_length(&mut self, model_limit: Option<usize>) -> Option<usize> {
+        let limit = model_limit?;
+        if self.max_length.is_none_or(|m| m > limit) {
+            self.max_length = Some(limit);
+            return Some(limit);
+        }
+        None
+    }
+
+    /// TRL's `SFTConfig` defaults differ from `DPOConfig`'s in the learning rate.
+    pub fn sft_defaults() -> Self {
+        Self {
+            learning_rate: 2e-5,
+            ..Self::default()
+        }
+    }
+
+    /// TRL's defaults for `task`.
+    pub fn defaults_for(task: Task) -> Self {
+        match task {
+            Task::Dpo => Self::default(),
+            Task::Sft => Self::sft_defaults(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            optimizer: OptimizerKind::AdamW,
+            learning_rate: 1e-6,
+            batch_size: 8,
+            epochs: 1,
+            max_steps: None,
+            beta: 0.1,
+            max_length: Some(1024),
+            seed: 42,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            lr_schedule: LrSchedule::Linear,
+            warmup_steps: 0,
+            eval_batch_size: 8,
+            shuffle: true,
+        }
+    }
+}
+
+/// The settings a user gave; `None` keeps the default. Both shells fill this and nothing else
+/// decides how options override defaults. It deserializes from the browser API's option names
+/// (camelCase, with `lr` and `lrScheduler`), so the wasm layer takes it as it comes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct OptionOverrides {
+    pub optimizer: Option<OptimizerKind>,
+    #[serde(rename = "lr")]
+    pub learning_rate: Option<f64>,
+    #[serde(rename = "lrScheduler")]
+    pub lr_schedule: Option<LrSchedule>,
+    pub warmup_steps: Option<usize>,
+    pub batch_size: Option<usize>,
+    /// Giving epochs without max_steps lets the epochs decide the length of the run.
+    pub epochs: Option<usize>,
+    pub max_steps: Option<usize>,
+    pub beta: Option<f64>,
+    /// `Some(0)`: no limit. `None`: the default, lowered to the model's positions if needed.
+    pub max_length: Option<usize>,
+    pub seed: Option<u64>,
+    pub max_grad_norm: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub eval_batch_size: Option<usize>,
+}
+
+impl OptionOverrides {
+    pub fn apply(&self, o: &mut TrainOptions) {
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = self.$field {
+                    o.$field = v;
+                }
+            )*};
+        }
+        set!(
+            optimizer,
+            learning_rate,
+            lr_schedule,
+            warmup_steps,
+            batch_size,
+            epochs,
+            beta,
+            seed,
+            max_grad_norm,
+            weight_decay,
+            eval_batch_size
+        );
+        if let Some(max_steps) = self.max_steps {
+            o.max_steps = Some(max_steps);
+        } else if self.epochs.is_some() {
+            o.max_steps = None;
+        }
+        if let Some(max_length) = self.max_length {
+            o.max_length = (max_length > 0).then_some(max_length);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_follow_one_rule() {
+        let mut o = TrainOptions {
+            max_steps: Some(120),
+            ..TrainOptions::default()
+        };
+        OptionOverrides {
+            epochs: Some(3),
+            max_length: Some(0),
+            learning_rate: Some(0.5),
+            ..Default::default()
+        }
+        .apply(&mut o);
+        assert_eq!((o.epochs, o.max_steps, o.max_length), (3, None, None));
+        assert_eq!(o.learning_rate, 0.5);
+        OptionOverrides {
+            epochs: Some(2),
+            max_steps: Some(7),
+            max_length: Some(64),
+            ..Default::default()
+        }
+        .apply(&mut o);
+        assert_eq!(
+            (o.epochs, o.max_steps, o.max_length),
+            (2, Some(7), Some(64))
+        );
+        assert!("SFT".parse::<Task>().unwrap() == Task::Sft && "x".parse::<Task>().is_err());
+    }
+}

@@ -1,0 +1,478 @@
+//! One run, assembled in one place for every caller (the CLI, the browser, the benchmark, the
+//! tests): a [`RunSpec`] says what the user asked for, [`Run::new`] turns it into a ready
+//! [`Trainer`], the [`ExportSpec`] its results are written with, and a [`Summary`] for the shell
+//! to show. The rules that used to be repeated per shell live here once:
+//! - which model is the reference (see [`Run::new`]);
+//! - how settings override TRL's defaults ([`OptionOverrides`]) and when a checkpoint's win;
+//! - how rows become tokenized training and evaluation examples;
+//! - the built-in demo when there is neither a model nor data;
+//! - the training loop with evaluations and checkpoints ([`Run::train`]).
+//!
+//! Nothing here reads a file or prints: the shells load models and data (paths, URLs, bytes)
+//! and present what comes back.
+
+use burn::module::Module;
+use serde::Serialize;
+
+use super::checkpoint::{self, SavedRun, SavedWeights};
+use super::demo;
+use super::metrics::{Metrics, StepReport};
+use super::options::{OptionOverrides, Task, TrainOptions};
+use super::trainer::{TaskData, Trainer};
+use crate::backend::SelectedDevice;
+use crate::error::{Error, Result};
+use crate::io::bundle::{ExportSpec, ExportedFiles, ModelBundle};
+use crate::io::peft::{self, AdapterFiles};
+use crate::model::CausalLm;
+use crate::model::config::Family;
+use crate::model::lora::{self, LoraSettings};
+use crate::model::weights::WithParamIds;
+use crate::text::rows::Jsonl;
+use crate::text::tokenize::{tokenize_pairs, tokenize_sft};
+use crate::text::tokenizer::TextTokenizer;
+
+/// Fresh LoRA adapters: PEFT's defaults fill what is `None`.
+#[derive(Debug, Clone, Default)]
+pub struct LoraRequest {
+    pub rank: usize,
+    pub alpha: Option<f64>,
+    pub targets: Option<Vec<String>>,
+}
+
+/// What the user asked for. Errors about it name these fields (`model`, `data`, `eval_data`,
+/// `lora_rank`, `resume_from`, and `TrainOptions`' fields).
+pub struct RunSpec {
+    pub task: Task,
+    /// The starting model; `None` (with no `rows`, for DPO) trains the built-in demo.
+    pub model: Option<ModelBundle>,
+    /// Names the model in exported adapters (`base_model_name_or_path`).
+    pub model_label: String,
+    pub rows: Option<Jsonl>,
+    pub eval_rows: Option<Jsonl>,
+    pub overrides: OptionOverrides,
+    /// Train fresh adapters instead of every weight.
+    pub lora: Option<LoraRequest>,
+    /// Start from an existing PEFT adapter (its settings are kept; wins over `lora`).
+    pub adapter: Option<AdapterFiles>,
+    /// An explicit DPO reference model.
+    pub reference: Option<CausalLm>,
+    /// Continue a checkpoint (its options replace the overrides).
+    pub resume: Option<SavedRun>,
+    /// Export the model with adapters folded in rather than the PEFT adapter.
+    pub merge_lora: bool,
+}
+
+impl RunSpec {
+    /// A spec with nothing chosen yet: the demo, TRL's defaults.
+    pub fn new(task: Task) -> Self {
+        Self {
+            task,
+            model: None,
+            model_label: String::new(),
+            rows: None,
+            eval_rows: None,
+            overrides: OptionOverrides::default(),
+            lora: None,
+            adapter: None,
+            reference: None,
+            resume: None,
+            merge_lora: false,
+        }
+    }
+}
+
+/// Why tokenization dropped examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// DPO (TRL's filter): the prompt alone has `max_length` tokens or more.
+    PromptFillsMaxLength,
+    /// SFT: no completion token lies within `max_length`.
+    NoCompletionWithinMaxLength,
+}
+
+/// Examples of one data set after tokenization.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataSummary {
+    pub source: String,
+    pub kept: usize,
+    pub dropped: usize,
+}
+
+/// What the shells report about a run before it starts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub task: Task,
+    pub family: Family,
+    pub demo: bool,
+    pub device: String,
+    pub train: DataSummary,
+    pub eval: Option<DataSummary>,
+    pub drop_reason: DropReason,
+    /// Set when the default `max_length` was lowered to the model's positions.
+    pub max_length_fitted: Option<usize>,
+    pub lora: Option<LoraSettings>,
+    /// Numbers training changes (the adapters' with LoRA).
+    pub trainable_parameters: usize,
+    /// The checkpoint this run resumed from (its label) and the step it resumed at.
+    pub resumed: Option<(String, usize)>,
+}
+
+/// A ready run.
+pub struct Run {
+    pub trainer: Trainer,
+    pub export: ExportSpec,
+    pub summary: Summary,
+}
+
+/// How often [`Run::train`] evaluates and checkpoints (0: only before and after / never).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Schedule {
+    pub eval_every: usize,
+    pub save_every: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Before,
+    During,
+    After,
+}
+
+/// What [`Run::train`] reports as it goes.
+pub enum Event {
+    Stepped(StepReport),
+    Evaluated {
+        phase: Phase,
+        step: usize,
+        metrics: Metrics,
+    },
+    /// Files to resume from at `step` (the shell writes them).
+    Checkpoint {
+        step: usize,
+        files: ExportedFiles,
+    },
+}
+
+/// What a finished [`Run::train`] measured.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub before: Option<Metrics>,
+    pub after: Option<Metrics>,
+    pub step_seconds: Vec<f64>,
+}
+
+impl Outcome {
+    /// Mean seconds per step without the first (which compiles shaders), and how many steps
+    /// that mean covers.
+    pub fn steady_step_seconds(&self) -> Option<(f64, usize)> {
+        let steady = &self.step_seconds.get(1..)?;
+        (!steady.is_empty()).then(|| {
+            (
+                steady.iter().sum::<f64>() / steady.len() as f64,
+                steady.len(),
+            )
+        })
+    }
+}
+
+impl Run {
+    /// Build the run. The reference (DPO) is the explicit `reference` if given, otherwise the
+    /// model the run started from: the base model plus the starting adapter when there is one
+    /// (fresh adapters start at zero, so the frozen base is it); a resumed run's reference is
+    /// still its original start. It shares the base's weights, so LoRA keeps one model in memory.
+    pub fn new(spec: RunSpec, device: &SelectedDevice) -> Result<Self> {
+        let task = spec.task;
+        let demo = spec.model.is_none();
+        match (&spec.model, &spec.rows) {
+            (None, Some(_)) => {
+                return Err(Error::setting(
+                    "model",
+                    "training data needs a model (give neither for the built-in demo)",
+                ));
+            }
+            (None, None) if task == Task::Sft => {
+                return Err(Error::setting(
+                    "model",
+                    "sft needs a model and training data",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(Error::setting(
+                    "data",
+                    "a model needs training data (give neither for the built-in demo)",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(saved) = &spec.resume
+            && saved.state.task != task
+        {
+            return Err(Error::setting(
+                "resume_from",
+                format!(
+                    "{} holds a {} checkpoint, not {task}",
+                    saved.label, saved.state.task
+                ),
+            ));
+        }
+
+        let mut options = match &spec.resume {
+            Some(saved) => saved.state.options.clone(),
+            None => {
+                let mut options = if demo {
+                    demo::train_options()
+                } else {
+                    TrainOptions::defaults_for(task)
+                };
+                spec.overrides.apply(&mut options);
+                options
+            }
+        };
+        let bundle = match spec.model {
+            Some(bundle) => bundle,
+            None => demo::model(options.seed, &device.device)?,
+        };
+        let max_length_fitted = if spec.overrides.max_length.is_none() && spec.resume.is_none() {
+            options.fit_max_length(bundle.model.max_positions())
+        } else {
+            None
+        };
+
+        let ModelBundle {
+            config,
+            model: base,
+            tokenizer,
+            extra_files,
+        } = bundle;
+        let device_ref = &device.device;
+        let (origin, start_adapter) = match &spec.adapter {
+            Some(files) => {
+                let (model, settings) = peft::load(base.clone(), files, None, device_ref)?;
+                (model, Some(settings))
+            }
+            None => (base.clone(), None),
+        };
+        let (policy, lora) = match spec
+            .resume
+            .as_ref()
+            .map(|s| (&s.weights, &s.state.param_ids))
+        {
+            Some((SavedWeights::Adapter(files), ids)) => {
+                let (model, settings) = peft::load(base, files, Some(ids), device_ref)?;
+                (model, Some(settings))
+            }
+            Some((SavedWeights::Full(weights), ids)) => {
+                let with_ids = WithParamIds {
+                    inner: weights.as_ref(),
+                    ids,
+                };
+                (CausalLm::load(&config, &with_ids, device_ref)?, None)
+            }
+            None => match (start_adapter, &spec.lora) {
+                (Some(settings), _) => (origin.clone(), Some(settings)),
+                (None, Some(request)) => {
+                    let settings = LoraSettings::new(
+                        request.rank,
+                        request.alpha,
+                        request.targets.clone(),
+                        config.family(),
+                    );
+                    let policy = lora::attach(base, &settings, options.seed, device_ref)?;
+                    (policy, Some(settings))
+                }
+                (None, None) => (origin.clone(), None),
+            },
+        };
+        let trainable_parameters = policy.trainable_parameter_count();
+
+        let (train_rows, eval_rows, demo_label) = if demo {
+            let (train, eval) = demo::pairs(options.seed, demo::DEMO_PAIRS.0, demo::DEMO_PAIRS.1);
+            (Rows::Pairs(train), Some(Rows::Pairs(eval)), "built-in demo")
+        } else {
+            let rows = spec.rows.as_ref().expect("checked above");
+            let eval = spec
+                .eval_rows
+                .as_ref()
+                .map(|j| Rows::parse(task, j))
+                .transpose()?;
+            (Rows::parse(task, rows)?, eval, "")
+        };
+        let source = |jsonl: Option<&Jsonl>, demo_name: &str| {
+            jsonl.map_or_else(|| demo_name.to_string(), |j| j.source.clone())
+        };
+        let train = train_rows.tokenize(&tokenizer, options.max_length)?;
+        let eval = eval_rows
+            .map(|rows| rows.tokenize(&tokenizer, options.max_length))
+            .transpose()?;
+        let summary = Summary {
+            task,
+            family: config.family(),
+            demo,
+            device: device.description.clone(),
+            train: train.summary(source(spec.rows.as_ref(), demo_label)),
+            eval: eval
+                .as_ref()
+                .map(|e| e.summary(source(spec.eval_rows.as_ref(), demo_label))),
+            drop_reason: match task {
+                Task::Dpo => DropReason::PromptFillsMaxLength,
+                Task::Sft => DropReason::NoCompletionWithinMaxLength,
+            },
+            max_length_fitted,
+            lora: lora.clone(),
+            trainable_parameters,
+            resumed: None,
+        };
+        let data = match (train, eval) {
+            (Tokenized::Pairs(train, _), eval) => TaskData::Dpo {
+                train,
+                eval: match eval {
+                    Some(Tokenized::Pairs(eval, _)) => eval,
+                    _ => Vec::new(),
+                },
+                reference: spec.reference.unwrap_or_else(|| origin.valid()),
+            },
+            (Tokenized::Sft(train, _), eval) => TaskData::Sft {
+                train,
+                eval: match eval {
+                    Some(Tokenized::Sft(eval, _)) => eval,
+                    _ => Vec::new(),
+                },
+            },
+        };
+        let mut trainer = Trainer::new(policy, data, tokenizer.pad_id, options, device_ref)?;
+        let mut summary = summary;
+        if let Some(saved) = &spec.resume {
+            checkpoint::restore(&mut trainer, saved)?;
+            summary.resumed = Some((saved.label.clone(), trainer.steps_done()));
+        }
+        let export = ExportSpec {
+            config,
+            tokenizer,
+            extra_files,
+            lora,
+            merge_lora: spec.merge_lora,
+            base_model: if demo {
+                demo_label.to_string()
+            } else {
+                spec.model_label
+            },
+        };
+        Ok(Self {
+            trainer,
+            export,
+            summary,
+        })
+    }
+
+    /// The current model as files (see [`ExportSpec::model_files`]).
+    pub async fn model_files(&self) -> Result<ExportedFiles> {
+        self.export.model_files(&self.trainer.policy()).await
+    }
+
+    /// Everything to resume this run from where it is.
+    pub async fn checkpoint_files(&self) -> Result<ExportedFiles> {
+        checkpoint::checkpoint_files(&self.trainer, self.summary.task, &self.export).await
+    }
+
+    /// Train to the end: evaluate before, step (evaluating and checkpointing on `schedule`),
+    /// evaluate after. `on_event` sees everything as it happens; an error it returns stops the
+    /// run.
+    pub async fn train(
+        &mut self,
+        schedule: Schedule,
+        mut on_event: impl FnMut(Event) -> Result<()>,
+    ) -> Result<Outcome> {
+        let every = |n: usize, step: usize| n > 0 && step.is_multiple_of(n);
+        let before = self.trainer.evaluate().await?;
+        if let Some(metrics) = before {
+            on_event(Event::Evaluated {
+                phase: Phase::Before,
+                step: self.trainer.steps_done(),
+                metrics,
+            })?;
+        }
+        let mut step_seconds = Vec::new();
+        while !self.trainer.is_done() {
+            let report = self.trainer.step().await?;
+            let step = report.step;
+            step_seconds.push(report.seconds);
+            on_event(Event::Stepped(report))?;
+            if every(schedule.eval_every, step)
+                && !self.trainer.is_done()
+                && let Some(metrics) = self.trainer.evaluate().await?
+            {
+                on_event(Event::Evaluated {
+                    phase: Phase::During,
+                    step,
+                    metrics,
+                })?;
+            }
+            if every(schedule.save_every, step) && !self.trainer.is_done() {
+                let files = self.checkpoint_files().await?;
+                on_event(Event::Checkpoint { step, files })?;
+            }
+        }
+        let after = self.trainer.evaluate().await?;
+        if let Some(metrics) = after {
+            on_event(Event::Evaluated {
+                phase: Phase::After,
+                step: self.trainer.steps_done(),
+                metrics,
+            })?;
+        }
+        Ok(Outcome {
+            before,
+            after,
+            step_seconds,
+        })
+    }
+}
+
+/// Parsed rows of either task.
+enum Rows {
+    Pairs(Vec<crate::text::rows::PreferencePair>),
+    Sft(Vec<crate::text::rows::SftExample>),
+}
+
+/// Tokenized examples and how many were dropped.
+enum Tokenized {
+    Pairs(Vec<crate::text::tokenize::TokenizedPair>, usize),
+    Sft(Vec<crate::text::tokenize::TokenizedCompletion>, usize),
+}
+
+impl Rows {
+    fn parse(task: Task, jsonl: &Jsonl) -> Result<Self> {
+        Ok(match task {
+            Task::Dpo => Rows::Pairs(jsonl.pairs()?),
+            Task::Sft => Rows::Sft(jsonl.sft_examples()?),
+        })
+    }
+
+    fn tokenize(self, tokenizer: &TextTokenizer, max_length: Option<usize>) -> Result<Tokenized> {
+        Ok(match self {
+            Rows::Pairs(rows) => {
+                let set = tokenize_pairs(&rows, tokenizer, max_length)?;
+                Tokenized::Pairs(set.rows, set.dropped)
+            }
+            Rows::Sft(rows) => {
+                let set = tokenize_sft(&rows, tokenizer, max_length)?;
+                Tokenized::Sft(set.rows, set.dropped)
+            }
+        })
+    }
+}
+
+impl Tokenized {
+    fn summary(&self, source: String) -> DataSummary {
+        let (kept, dropped) = match self {
+            Tokenized::Pairs(rows, dropped) => (rows.len(), *dropped),
+            Tokenized::Sft(rows, dropped) => (rows.len(), *dropped),
+        };
+        DataSummary {
+            source,
+            kept,
+            dropped,
+        }
+    }
+}

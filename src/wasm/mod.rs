@@ -1,0 +1,272 @@
+//! The wasm-bindgen shell: the same runs and generator as the CLI, driven from JavaScript
+//! (a Web Worker). It turns JS options into a `RunSpec` and hands back what the core returns.
+//!
+//! Methods return Promises. A call made while another is still running is rejected with
+//! "busy" rather than interleaving two steps.
+
+mod options;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Function, Object, Promise, Reflect, Uint8Array};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::backend::init_wgpu_async;
+use crate::error::Error;
+use crate::io::hub_ref::{DEFAULT_ENDPOINT, HubRef};
+use crate::io::model_dir;
+use crate::model::config::Family;
+use crate::model::lora::LoraSettings;
+use crate::text::stream::generate_text;
+use crate::train::options::{Task, TrainOptions};
+use crate::train::run::{Run, RunSpec};
+use options::{CreateOptions, GenerateOptions, WeightBytes, option_name};
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// What a model folder holds (`{ required, optional, weights, weightsIndex }`): the list
+/// `web/model-source.js` fetches by, exported so a test can check the two agree.
+#[wasm_bindgen(js_name = modelLayout)]
+pub fn model_layout() -> Result<JsValue, JsValue> {
+    to_js(&model_dir::layout())
+}
+
+/// The URL an `hf:` reference downloads from (as `web/model-source.js` resolves it), or an error.
+#[wasm_bindgen(js_name = hubUrl)]
+pub fn hub_url(spec: &str) -> Result<String, JsValue> {
+    match HubRef::parse(spec) {
+        Some(Ok(hub)) => Ok(hub.url(DEFAULT_ENDPOINT)),
+        Some(Err(e)) => Err(js_error(e)),
+        None => Err(js_error(format!("`{spec}` is not an hf: reference"))),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateResult {
+    text: String,
+    prompt_tokens: usize,
+    new_tokens: Vec<u32>,
+    seconds: f64,
+    tokens_per_second: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Info {
+    device: String,
+    family: Family,
+    task: Task,
+    demo: bool,
+    lora: Option<LoraSettings>,
+    train_examples: usize,
+    eval_examples: usize,
+    total_steps: usize,
+    steps_done: usize,
+    options: TrainOptions,
+}
+
+/// A training run living in WebAssembly.
+#[wasm_bindgen]
+pub struct Trainer {
+    /// `None` while an async call holds it.
+    state: Rc<RefCell<Option<Run>>>,
+}
+
+fn js_error(e: impl std::fmt::Display) -> JsValue {
+    js_sys::Error::new(&e.to_string()).into()
+}
+
+/// A core error in JavaScript's terms: settings named as the JS options that set them.
+fn core_error(e: Error) -> JsValue {
+    match e {
+        Error::Setting { field, message } => {
+            js_error(format!("{}: {message}", option_name(&field)))
+        }
+        other => js_error(other),
+    }
+}
+
+fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(js_error)
+}
+
+#[wasm_bindgen]
+impl Trainer {
+    /// `Trainer.create(options, weights?)` -> Promise<Trainer>. Initializes WebGPU, loads the
+    /// model (or the demo), tokenizes the data.
+    pub fn create(options: JsValue, weights: JsValue) -> Promise {
+        future_to_promise(async move {
+            let weights = WeightBytes::from_js(&weights).map_err(core_error)?;
+            let mut options: CreateOptions = if options.is_undefined() || options.is_null() {
+                CreateOptions::default()
+            } else {
+                serde_wasm_bindgen::from_value(options).map_err(js_error)?
+            };
+            let task: Task = match &options.task {
+                Some(task) => task.parse().map_err(core_error)?,
+                None => Task::Dpo,
+            };
+            let selected = init_wgpu_async().await.map_err(js_error)?;
+            let model = match weights {
+                Some(weights) => Some(
+                    weights
+                        .load(options.model.take(), &selected.device)
+                        .map_err(core_error)?,
+                ),
+                None => None,
+            };
+            let spec = RunSpec {
+                model,
+                model_label: "browser".into(),
+                rows: options.train_data.take().map(|d| d.into_jsonl("trainData")),
+                eval_rows: options.eval_data.take().map(|d| d.into_jsonl("evalData")),
+                overrides: options.settings.clone(),
+                lora: options.lora(),
+                merge_lora: options.merge_lora,
+                ..RunSpec::new(task)
+            };
+            let run = Run::new(spec, &selected).map_err(core_error)?;
+            Ok(Trainer {
+                state: Rc::new(RefCell::new(Some(run))),
+            }
+            .into())
+        })
+    }
+
+    /// Run `f` with the run, putting it back afterwards whatever happens.
+    fn with_run<F, Fut>(&self, f: F) -> Promise
+    where
+        F: FnOnce(Run) -> Fut + 'static,
+        Fut: std::future::Future<Output = (Run, Result<JsValue, JsValue>)> + 'static,
+    {
+        let cell = self.state.clone();
+        let taken = self.state.borrow_mut().take();
+        let Some(run) = taken else {
+            return Promise::reject(&js_error(
+                "busy: another call on this trainer is still running",
+            ));
+        };
+        future_to_promise(async move {
+            let (run, result) = f(run).await;
+            *cell.borrow_mut() = Some(run);
+            result
+        })
+    }
+
+    /// One optimizer step -> Promise<StepReport> (TRL metric names, plus step, grad_norm,
+    /// learning_rate, seconds).
+    pub fn step(&self) -> Promise {
+        self.with_run(|mut run| async move {
+            let result = run.trainer.step().await.map_err(core_error);
+            (run, result.and_then(|report| to_js(&report)))
+        })
+    }
+
+    /// Metrics on the evaluation examples -> Promise<metrics | null>.
+    pub fn evaluate(&self) -> Promise {
+        self.with_run(|mut run| async move {
+            let result = run.trainer.evaluate().await.map_err(core_error);
+            (run, result.and_then(|metrics| to_js(&metrics)))
+        })
+    }
+
+    /// Generate from the current policy -> Promise<{text, promptTokens, newTokens, seconds,
+    /// tokensPerSecond}>; `on_token(textDelta, tokenId)` is called as tokens come.
+    pub fn generate(
+        &self,
+        prompt: String,
+        options: JsValue,
+        on_token: Option<Function>,
+    ) -> Promise {
+        self.with_run(move |run| async move {
+            let result = async {
+                let options: GenerateOptions = if options.is_undefined() || options.is_null() {
+                    GenerateOptions::default()
+                } else {
+                    serde_wasm_bindgen::from_value(options).map_err(js_error)?
+                };
+                let policy = run.trainer.policy();
+                // `onToken` returning `false` (or throwing) stops generation after that token.
+                let generated = generate_text(
+                    &policy,
+                    &run.export.tokenizer,
+                    &options.prompt(prompt),
+                    &run.export.stop_tokens(),
+                    &options.sampling(),
+                    run.trainer.device(),
+                    |delta, token| match &on_token {
+                        Some(f) => {
+                            let delta = JsValue::from_str(delta);
+                            match f.call2(&JsValue::NULL, &delta, &JsValue::from(token)) {
+                                Ok(v) => v.as_bool() != Some(false),
+                                Err(_) => false,
+                            }
+                        }
+                        None => true,
+                    },
+                )
+                .await
+                .map_err(core_error)?;
+                to_js(&GenerateResult {
+                    tokens_per_second: generated.new_tokens.len() as f64
+                        / generated.seconds.max(1e-9),
+                    text: generated.text,
+                    prompt_tokens: generated.prompt_tokens,
+                    new_tokens: generated.new_tokens,
+                    seconds: generated.seconds,
+                })
+            }
+            .await;
+            (run, result)
+        })
+    }
+
+    /// The current model as files -> Promise<{ [fileName]: Uint8Array }>: a Hugging Face model
+    /// directory, or with LoRA (unless `mergeLora`) a PEFT adapter plus tokenizer files.
+    #[wasm_bindgen(js_name = exportModel)]
+    pub fn export_model(&self) -> Promise {
+        self.with_run(|run| async move {
+            let result = async {
+                let files = run.model_files().await.map_err(core_error)?;
+                let out = Object::new();
+                for (name, bytes) in files.files {
+                    Reflect::set(&out, &name.into(), &Uint8Array::from(bytes.as_slice()))?;
+                }
+                Ok(out.into())
+            }
+            .await;
+            (run, result)
+        })
+    }
+
+    /// `{device, family, task, demo, lora, trainExamples, evalExamples, totalSteps, stepsDone,
+    /// options}`.
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        let state = self.state.borrow();
+        let run = state
+            .as_ref()
+            .ok_or_else(|| js_error("busy: another call on this trainer is still running"))?;
+        let s = &run.summary;
+        to_js(&Info {
+            device: s.device.clone(),
+            family: s.family,
+            task: s.task,
+            demo: s.demo,
+            lora: s.lora.clone(),
+            train_examples: run.trainer.train_len(),
+            eval_examples: run.trainer.eval_len(),
+            total_steps: run.trainer.total_steps(),
+            steps_done: run.trainer.steps_done(),
+            options: run.trainer.options().clone(),
+        })
+    }
+}
