@@ -73,6 +73,10 @@ pub enum Error {
     #[error("{field}: {message}")]
     Setting { field: String, message: String },
 
+    /// Training stopped because losses or gradients stayed infinite or NaN.
+    #[error("step {step}: {message}")]
+    Numeric { step: usize, message: String },
+
     /// A request that cannot be satisfied with these settings.
     #[error("{0}")]
     Invalid(String),
@@ -97,6 +101,20 @@ impl Error {
         Error::Io {
             path: path.to_string(),
             source,
+        }
+    }
+
+    /// Whether what the user gave is at fault (a file's contents, a setting, a path that does
+    /// not exist) rather than the run (a device, a numeric fault, a failed write).
+    pub fn is_bad_input(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            Error::Input { .. } | Error::Setting { .. } => true,
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                NotFound | PermissionDenied | InvalidData | IsADirectory | NotADirectory
+            ),
+            _ => false,
         }
     }
 }

@@ -8,6 +8,9 @@
 
 pub mod backend;
 pub mod error;
+/// Fuzz targets over the parsers of untrusted bytes (see `fuzz/README.md`).
+#[doc(hidden)]
+pub mod fuzz;
 pub mod io;
 pub mod model;
 pub mod text;

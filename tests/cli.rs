@@ -159,7 +159,7 @@ fn bad_data_names_file_line_and_field_without_panicking() {
         "cpu",
     ]);
     let stderr = text(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert_eq!(result.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("bad.jsonl:2 (field `chosen`)"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -182,7 +182,7 @@ fn bad_model_directory_is_reported() {
         "cpu",
     ]);
     let stderr = text(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert_eq!(result.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("config.json"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

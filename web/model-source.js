@@ -90,7 +90,25 @@ export function shardNames(indexText, indexUrl) {
   }
   const names = [...new Set(Object.values(map ?? {}))].sort();
   if (names.length === 0) throw new Error(`${indexUrl} lists no weight files (empty weight_map)`);
+  for (const name of names) {
+    if (!isPlainFileName(name)) {
+      throw new Error(
+        `${indexUrl}: shard ${JSON.stringify(name)} is not a plain file name inside the model folder (no paths, no "..")`,
+      );
+    }
+  }
   return names;
+}
+
+/** A name that stays inside a folder when joined to it (the Rust side's `is_plain_file_name`). */
+export function isPlainFileName(name) {
+  return (
+    typeof name === "string" &&
+    name.length > 0 &&
+    name.length <= 255 &&
+    !name.startsWith(".") &&
+    !/[\/\\:%?#\u0000-\u001f\u007f-\u009f]/.test(name)
+  );
 }
 
 /**

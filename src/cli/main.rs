@@ -7,6 +7,8 @@ fn main() {}
 #[cfg(not(target_arch = "wasm32"))]
 mod args;
 #[cfg(not(target_arch = "wasm32"))]
+mod output;
+#[cfg(not(target_arch = "wasm32"))]
 mod report;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -19,6 +21,7 @@ mod cli {
     use std::io::Write;
     use std::path::Path;
     use std::process::ExitCode;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use burn::tensor::Device;
     use clap::Parser;
@@ -26,34 +29,63 @@ mod cli {
     use dpo_wgpu::error::{Error, Result};
     use dpo_wgpu::io::bundle::ModelBundle;
     use dpo_wgpu::io::native::files::{
-        JsonLog, load_model, read_adapter, read_jsonl, write_files_atomically,
+        JsonLog, load_model, read_adapter, read_jsonl, write_dir_atomically, write_files_atomically,
     };
     use dpo_wgpu::io::native::resolve_model;
     use dpo_wgpu::text::stream::{Prompt, generate_text};
     use dpo_wgpu::train::checkpoint;
     use dpo_wgpu::train::options::{OptionOverrides, Task};
-    use dpo_wgpu::train::run::{Event, Phase, Run, RunSpec, Schedule};
+    use dpo_wgpu::train::run::{Event, Phase, Run, RunSpec, Schedule, check_settings};
 
     use crate::args::{Cli, Command, EvalArgs, GenerateArgs, RunArgs, TrainArgs, flag};
+    use crate::output::Staging;
     use crate::report;
 
+    /// Exit codes: bad input (a file's contents, a flag, a path), a failed run (also an internal
+    /// error), and a run interrupted by Ctrl-C after saving a checkpoint.
+    const BAD_INPUT: u8 = 2;
+    const FAILED: u8 = 1;
+    const INTERRUPTED: u8 = 130;
+
+    /// Set by Ctrl-C: the run checkpoints after the step in progress and stops.
+    static STOP: AtomicBool = AtomicBool::new(false);
+
     pub fn main() -> ExitCode {
-        let result = match Cli::parse().command {
+        // A panic is a bug: report it in one line, not as a crash dump, and exit as a failed run.
+        std::panic::set_hook(Box::new(|info| {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            let place = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            eprintln!(
+                "internal error{place}: {message} (this is a bug in dpo-wgpu; please report it)"
+            );
+        }));
+        let cli = Cli::parse();
+        let result = std::panic::catch_unwind(|| match cli.command {
             Command::Train(args) => train(&args.run, Task::Dpo, Some(&args)),
             Command::Sft(args) => train(&args, Task::Sft, None),
-            Command::Eval(args) => eval(args),
-            Command::Generate(args) => generate(args),
-        };
+            Command::Eval(args) => eval(args).map(|()| ExitCode::SUCCESS),
+            Command::Generate(args) => generate(args).map(|()| ExitCode::SUCCESS),
+        });
         match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(Error::Setting { field, message }) => {
-                eprintln!("error: {}: {message}", flag(&field));
-                ExitCode::FAILURE
+            Ok(Ok(code)) => code,
+            Ok(Err(e)) => {
+                match &e {
+                    Error::Setting { field, message } => {
+                        eprintln!("error: {}: {message}", flag(field))
+                    }
+                    e => eprintln!("error: {e}"),
+                }
+                ExitCode::from(if e.is_bad_input() { BAD_INPUT } else { FAILED })
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
+            Err(_) => ExitCode::from(FAILED),
         }
     }
 
@@ -72,10 +104,14 @@ mod cli {
     }
 
     /// `train` (DPO) and `sft`.
-    fn train(args: &RunArgs, task: Task, dpo: Option<&TrainArgs>) -> Result<()> {
+    fn train(args: &RunArgs, task: Task, dpo: Option<&TrainArgs>) -> Result<ExitCode> {
         if args.model.is_some() && args.output.is_none() {
             return Err(Error::setting("output", "required with --model"));
         }
+        let overrides = args.overrides(dpo.and_then(|d| d.beta));
+        check_settings(task, &overrides, args.lora().as_ref())?;
+        let output = args.output.clone().unwrap_or_else(|| "runs/demo".into());
+        let staging = Staging::begin(&output, args.resume_from.as_deref())?;
         let selected = device(args.backend)?;
         let device = &selected.device;
         let spec = RunSpec {
@@ -87,7 +123,7 @@ mod cli {
             model_label: args.model.clone().unwrap_or_default(),
             rows: args.data.as_deref().map(read_jsonl).transpose()?,
             eval_rows: args.eval_data.as_deref().map(read_jsonl).transpose()?,
-            overrides: args.overrides(dpo.and_then(|d| d.beta)),
+            overrides,
             lora: args.lora(),
             adapter: args.lora_adapter.as_deref().map(read_adapter).transpose()?,
             reference: match dpo.and_then(|d| d.ref_model.as_deref()) {
@@ -108,16 +144,25 @@ mod cli {
             run.trainer.options(),
             run.trainer.total_steps(),
         );
-        let output = args.output.clone().unwrap_or_else(|| "runs/demo".into());
-        std::fs::create_dir_all(&output).map_err(|e| Error::io(output.display(), e))?;
-        let mut log = JsonLog::create(&output.join("metrics.jsonl"))?;
+        let mut log = JsonLog::create(&staging.dir().join("metrics.jsonl"))?;
         let schedule = Schedule {
             eval_every: args.eval_every,
             save_every: args.save_every,
         };
-        let outcome = pollster::block_on(run.train(schedule, |event| match event {
+        let _ = ctrlc::set_handler(|| {
+            // A second Ctrl-C does not wait for the checkpoint.
+            if STOP.swap(true, Ordering::SeqCst) {
+                std::process::exit(INTERRUPTED.into());
+            }
+            eprintln!(
+                "\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)"
+            );
+        });
+        let mut last_checkpoint = None;
+        let stop = || STOP.load(Ordering::SeqCst);
+        let outcome = pollster::block_on(run.train(schedule, stop, |event| match event {
             Event::Stepped(r) => {
-                if r.step % args.log_every.max(1) == 0 || r.step == r.total_steps {
+                if r.skipped || r.step % args.log_every.max(1) == 0 || r.step == r.total_steps {
                     report::step(&r);
                 }
                 log.write(&r)
@@ -136,39 +181,64 @@ mod cli {
                 log.write(&metrics.eval_record(step))
             }
             Event::Checkpoint { step, files } => {
-                let dir = output.join(format!("checkpoint-{step}"));
-                write_files_atomically(&dir, &files)?;
+                let dir = staging.dir().join(format!("checkpoint-{step}"));
+                write_dir_atomically(&dir, &files)?;
                 eprintln!("saved checkpoint {}", dir.display());
+                last_checkpoint = Some(dir);
                 Ok(())
             }
         }))?;
+        if outcome.interrupted {
+            let dir = last_checkpoint.expect("an interrupted run saves a checkpoint");
+            eprintln!(
+                "stopped after step {}; continue with {} {} (and the same --output)",
+                run.trainer.steps_done(),
+                flag("resume_from"),
+                dir.display()
+            );
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
         report::outcome(&outcome);
-        write_files_atomically(&output, &pollster::block_on(run.model_files())?)?;
+        write_files_atomically(staging.dir(), &pollster::block_on(run.model_files())?)?;
+        staging.commit()?;
         let what = if run.export.writes_adapter() {
             "adapter"
         } else {
             "model"
         };
         eprintln!("saved {what} to {}", output.display());
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     }
 
     /// DPO metrics of a model: a run whose evaluation set is the data, with no step taken.
     fn eval(args: EvalArgs) -> Result<()> {
+        // `eval`'s --batch-size is the evaluation batch size.
+        evaluate(args).map_err(|e| match e {
+            Error::Setting { field, message } if field == "eval_batch_size" => Error::Setting {
+                field: "batch_size".into(),
+                message,
+            },
+            e => e,
+        })
+    }
+
+    fn evaluate(args: EvalArgs) -> Result<()> {
+        let overrides = OptionOverrides {
+            beta: Some(args.beta),
+            eval_batch_size: Some(args.batch_size),
+            max_length: args.max_length,
+            ..OptionOverrides::default()
+        };
+        check_settings(Task::Dpo, &overrides, None)?;
+        let data = read_jsonl(&args.data)?;
         let selected = device(args.backend)?;
         let device = &selected.device;
-        let data = read_jsonl(&args.data)?;
         let spec = RunSpec {
             model: Some(model(&args.model, device)?),
             model_label: args.model.clone(),
             rows: Some(data.clone()),
             eval_rows: Some(data),
-            overrides: OptionOverrides {
-                beta: Some(args.beta),
-                eval_batch_size: Some(args.batch_size),
-                max_length: args.max_length,
-                ..OptionOverrides::default()
-            },
+            overrides,
             adapter: args.lora_adapter.as_deref().map(read_adapter).transpose()?,
             reference: match &args.ref_model {
                 Some(m) => Some(model(m, device)?.model),
@@ -188,6 +258,16 @@ mod cli {
         }
         let metrics = pollster::block_on(run.trainer.evaluate())?
             .ok_or_else(|| Error::setting("data", "no pairs left after tokenization"))?;
+        if !metrics.loss().is_finite() {
+            return Err(Error::Numeric {
+                step: 0,
+                message: format!(
+                    "the evaluation loss is {}: the model's weights (or its reference's) hold \
+                     NaN or infinite values",
+                    metrics.loss()
+                ),
+            });
+        }
         let json = serde_json::to_value(metrics).expect("metrics serialize");
         if args.json {
             println!("{json}");
@@ -200,6 +280,7 @@ mod cli {
     }
 
     fn generate(args: GenerateArgs) -> Result<()> {
+        args.sampling().validate()?;
         let selected = device(args.backend)?;
         let device = &selected.device;
         let mut bundle = model(&args.model, device)?;

@@ -90,6 +90,15 @@ pub fn summary(s: &Summary, options: &TrainOptions, total_steps: usize) {
 
 pub fn step(r: &StepReport) {
     let head = format!("step {:>4}/{}", r.step, r.total_steps);
+    if r.skipped {
+        eprintln!(
+            "warning: {head}: loss {} and gradient norm {} are not both finite; the update was \
+             skipped",
+            r.metrics.loss(),
+            r.grad_norm
+        );
+        return;
+    }
     let tail = format!(
         "grad {:.3} | lr {:.2e} | {:.3}s",
         r.grad_norm, r.learning_rate, r.seconds
@@ -107,6 +116,13 @@ pub fn step(r: &StepReport) {
 }
 
 pub fn eval(label: &str, step: usize, m: &Metrics) {
+    if !m.loss().is_finite() {
+        eprintln!(
+            "warning: {label} (step {step}): the evaluation loss is {}, not a finite number",
+            m.loss()
+        );
+        return;
+    }
     match m {
         Metrics::Dpo(m) => println!(
             "{label} (step {step}) | eval loss {:.4} | reward accuracy {:.3} | margin {:+.4} | \

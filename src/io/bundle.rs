@@ -8,7 +8,7 @@ use super::model_dir::{
 };
 use super::peft::{self, AdapterFiles};
 use super::safetensors::TensorWriter;
-use crate::error::Result;
+use crate::error::{Error, Location, Result};
 use crate::model::CausalLm;
 use crate::model::config::ModelConfig;
 use crate::model::lora::LoraSettings;
@@ -45,6 +45,7 @@ impl ModelBundle {
         {
             tokenizer.chat_template = Some(template.clone());
         }
+        check_vocabulary(&config, &tokenizer, &texts.label)?;
         let model = CausalLm::load(&config, weights, device)?;
         Ok(Self {
             config,
@@ -64,6 +65,38 @@ impl ModelBundle {
     pub fn stop_tokens(&self) -> Vec<u32> {
         stop_tokens(&self.config, &self.tokenizer, &self.extra_files)
     }
+}
+
+/// Every id the tokenizer can produce, and every special token id, must have an embedding row.
+fn check_vocabulary(config: &ModelConfig, tokenizer: &TextTokenizer, label: &str) -> Result<()> {
+    let vocab = config.vocab_size();
+    let outside = |field: &str, file: &str, what: String| {
+        Err(Error::input(
+            Location::file(format!("{label}/{file}")).field(field),
+            format!("{what} is outside the model's vocab_size {vocab} ({CONFIG_FILE})"),
+        ))
+    };
+    if let Some((id, token)) = tokenizer.max_token()
+        && id as usize >= vocab
+    {
+        return outside(
+            "model.vocab",
+            TOKENIZER_FILE,
+            format!("token {token:?} (id {id})"),
+        );
+    }
+    for (field, id) in [
+        ("eos_token_id", config.eos_token_id),
+        ("bos_token_id", config.bos_token_id),
+        ("pad_token_id", config.pad_token_id),
+    ] {
+        if let Some(id) = id
+            && id as usize >= vocab
+        {
+            return outside(field, CONFIG_FILE, format!("id {id}"));
+        }
+    }
+    Ok(())
 }
 
 /// Token ids that end generation: `generation_config.json`'s `eos_token_id` (one or a list)

@@ -57,7 +57,8 @@ pub struct ModelTexts {
     pub extra_files: Vec<(String, String)>,
 }
 
-/// The shard files `model.safetensors.index.json` names, sorted and without repeats.
+/// The shard files `model.safetensors.index.json` names, sorted and without repeats. Each must be
+/// a plain file name: a hostile index cannot make a download or a read leave the folder.
 /// `source` names the index in errors.
 pub fn shard_names(index_json: &str, source: &str) -> Result<Vec<String>> {
     let json: serde_json::Value = serde_json::from_str(index_json).map_err(|e| {
@@ -75,11 +76,70 @@ pub fn shard_names(index_json: &str, source: &str) -> Result<Vec<String>> {
                 "missing or not an object",
             )
         })?;
-    let mut shards: Vec<String> = map
-        .values()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
+    let mut shards = Vec::new();
+    for (tensor, file) in map {
+        let name = file.as_str().ok_or_else(|| {
+            Error::input(
+                Location::file(source).field(format!("weight_map.{tensor}")),
+                "not a string (a shard file name)",
+            )
+        })?;
+        if !is_plain_file_name(name) {
+            return Err(Error::input(
+                Location::file(source).field(format!("weight_map.{tensor}")),
+                format!(
+                    "shard {name:?} is not a plain file name inside the model folder (no paths, \
+                     no `..`)"
+                ),
+            ));
+        }
+        shards.push(name.to_string());
+    }
     shards.sort_unstable();
     shards.dedup();
     Ok(shards)
+}
+
+/// A name that, joined to a folder (or a folder URL), stays inside it: no separators, no `..`,
+/// not absolute, no drive letter, no control characters, not hidden.
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name
+            .chars()
+            .any(|c| matches!(c, '/' | '\\' | ':' | '%' | '?' | '#') || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_names_stay_inside_the_folder() {
+        let index = |name: &str| serde_json::json!({ "weight_map": { "a": name } }).to_string();
+        assert_eq!(
+            shard_names(&index("model-00001-of-00002.safetensors"), "i").unwrap(),
+            vec!["model-00001-of-00002.safetensors"]
+        );
+        for bad in [
+            "../../../x.safetensors",
+            "/etc/passwd",
+            "sub/x.safetensors",
+            "..",
+            "",
+            ".hidden",
+            "C:\\x",
+            "a%2F..%2Fb",
+            "x\u{0}y",
+        ] {
+            let err = shard_names(&index(bad), "m/model.safetensors.index.json")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("m/model.safetensors.index.json") && err.contains("weight_map.a"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
 }

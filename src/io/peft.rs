@@ -82,14 +82,27 @@ pub fn parse_config(text: &str, source: &str) -> Result<LoraSettings> {
         }
         _ => return Err(Error::input(at().field("target_modules"), "missing")),
     };
-    Ok(LoraSettings {
+    let settings = LoraSettings {
         rank,
         alpha,
         targets,
         use_rslora: field("use_rslora")
             .and_then(Value::as_bool)
             .unwrap_or(false),
-    })
+    };
+    // The same checks as fresh adapters, named as PEFT's fields in this file.
+    settings.validate().map_err(|e| match e {
+        Error::Setting { field, message } => {
+            let key = match field.as_str() {
+                "lora_rank" => "r",
+                "lora_targets" => "target_modules",
+                other => other,
+            };
+            Error::input(at().field(key), message)
+        }
+        other => other,
+    })?;
+    Ok(settings)
 }
 
 /// Load a PEFT adapter onto `model` (whose base weights are frozen). `param_ids`: the ids a

@@ -267,6 +267,118 @@ pub enum Architecture {
     Qwen2(LlamaConfig),
 }
 
+impl Architecture {
+    /// Every size the model divides by, indexes with or allocates from, checked before any
+    /// weight is read: `(field, what is wrong)`.
+    fn check_sizes(&self) -> std::result::Result<(), (String, String)> {
+        let fail = |field: &str, message: String| Err((field.to_string(), message));
+        let at_least_1 = |pairs: &[(&str, usize)]| {
+            for &(field, value) in pairs {
+                if value == 0 {
+                    return fail(field, "is 0 (must be at least 1)".into());
+                }
+            }
+            Ok(())
+        };
+        let positive = |field: &str, value: f64| {
+            if value.is_finite() && value > 0.0 {
+                Ok(())
+            } else {
+                fail(field, format!("{value} (must be a finite number > 0)"))
+            }
+        };
+        match self {
+            Architecture::Gpt2(c) => {
+                at_least_1(&[
+                    ("vocab_size", c.vocab_size),
+                    ("n_positions", c.n_positions),
+                    ("n_embd", c.n_embd),
+                    ("n_layer", c.n_layer),
+                    ("n_head", c.n_head),
+                    ("n_inner", c.n_inner.unwrap_or(1)),
+                ])?;
+                if c.n_embd % c.n_head != 0 {
+                    return fail(
+                        "n_head",
+                        format!("{} does not divide n_embd {}", c.n_head, c.n_embd),
+                    );
+                }
+                positive("layer_norm_epsilon", c.layer_norm_epsilon)
+            }
+            Architecture::Llama(c) | Architecture::Qwen2(c) => {
+                at_least_1(&[
+                    ("vocab_size", c.vocab_size),
+                    ("hidden_size", c.hidden_size),
+                    ("intermediate_size", c.intermediate_size),
+                    ("num_hidden_layers", c.num_hidden_layers),
+                    ("num_attention_heads", c.num_attention_heads),
+                    ("num_key_value_heads", c.num_kv_heads()),
+                    ("max_position_embeddings", c.max_position_embeddings),
+                ])?;
+                let heads = c.num_attention_heads;
+                if c.head_dim.is_none() && c.hidden_size % heads != 0 {
+                    return fail(
+                        "num_attention_heads",
+                        format!(
+                            "{heads} does not divide hidden_size {} (or set head_dim)",
+                            c.hidden_size
+                        ),
+                    );
+                }
+                if heads % c.num_kv_heads() != 0 {
+                    return fail(
+                        "num_key_value_heads",
+                        format!(
+                            "{} does not divide num_attention_heads {heads}",
+                            c.num_kv_heads()
+                        ),
+                    );
+                }
+                let head_dim = c.head_dim();
+                if head_dim < 2 || head_dim % 2 != 0 {
+                    return fail(
+                        "head_dim",
+                        format!("{head_dim} (rotary embeddings need an even size >= 2)"),
+                    );
+                }
+                positive("rms_norm_eps", c.rms_norm_eps)?;
+                positive("rope_theta", c.rope_theta())?;
+                match c.rope_scaling()? {
+                    RopeScaling::Default => Ok(()),
+                    RopeScaling::Linear { factor } => {
+                        positive("rope_scaling.factor", factor as f64)
+                    }
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position_embeddings,
+                    } => {
+                        positive("rope_scaling.factor", factor as f64)?;
+                        positive("rope_scaling.low_freq_factor", low_freq_factor as f64)?;
+                        positive(
+                            "rope_scaling.original_max_position_embeddings",
+                            original_max_position_embeddings as f64,
+                        )?;
+                        if high_freq_factor.partial_cmp(&low_freq_factor)
+                            != Some(std::cmp::Ordering::Greater)
+                        {
+                            return fail(
+                                "rope_scaling.high_freq_factor",
+                                format!(
+                                    "{high_freq_factor} (must be greater than low_freq_factor \
+                                     {low_freq_factor})"
+                                ),
+                            );
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A parsed `config.json` plus the raw JSON it came from.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
@@ -346,6 +458,9 @@ impl ModelConfig {
                 _ => None,
             })
         };
+        if let Err((field, message)) = architecture.check_sizes() {
+            return Err(Error::input(loc().field(field), message));
+        }
         Ok(Self {
             eos_token_id: token_id("eos_token_id"),
             bos_token_id: token_id("bos_token_id"),

@@ -22,6 +22,36 @@ pub struct SamplingOptions {
     pub seed: u64,
 }
 
+impl SamplingOptions {
+    /// Every option in range (checked before a model is loaded).
+    pub fn validate(&self) -> Result<()> {
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(Error::setting(
+                "top_p",
+                format!("{p} is not valid (must be in (0, 1])"),
+            ));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::setting(
+                "top_k",
+                "0 is not valid (must be at least 1)",
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::setting(
+                "temperature",
+                format!(
+                    "{} is not valid (must be a finite number >= 0; 0 is greedy)",
+                    self.temperature
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for SamplingOptions {
     fn default() -> Self {
         Self {
@@ -42,12 +72,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(options: SamplingOptions) -> Result<Self> {
-        if options.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-            return Err(Error::setting("top_p", "must be in (0, 1]"));
-        }
-        if options.top_k == Some(0) {
-            return Err(Error::setting("top_k", "must be at least 1"));
-        }
+        options.validate()?;
         Ok(Self {
             rng: StdRng::seed_from_u64(options.seed),
             options,

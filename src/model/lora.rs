@@ -56,6 +56,32 @@ impl LoraSettings {
         }
     }
 
+    /// Rank at least 1, a finite positive alpha, at least one target.
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            return Err(Error::setting(
+                "lora_rank",
+                "0 is not valid (must be at least 1)",
+            ));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(Error::setting(
+                "lora_alpha",
+                format!("{} is not valid (must be a finite number > 0)", self.alpha),
+            ));
+        }
+        if self.targets.is_empty() || self.targets.iter().any(|t| t.trim().is_empty()) {
+            return Err(Error::setting(
+                "lora_targets",
+                format!(
+                    "{:?} is not valid (module names such as q_proj,v_proj)",
+                    self.targets
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn scale(&self) -> f64 {
         if self.use_rslora {
             self.alpha / (self.rank as f64).sqrt()
@@ -86,9 +112,7 @@ pub fn attach(
     seed: u64,
     device: &Device,
 ) -> Result<CausalLm> {
-    if settings.rank == 0 {
-        return Err(Error::setting("lora_rank", "must be at least 1"));
-    }
+    settings.validate()?;
     let mut model = model.no_grad();
     let mut names = Vec::new();
     let mut attached = 0;

@@ -6,7 +6,7 @@ use minijinja::{Environment, ErrorKind, context};
 use serde::{Deserialize, Serialize};
 
 use super::tokenizer::TextTokenizer;
-use crate::error::{Error, Result};
+use crate::error::{Error, Location, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -23,17 +23,26 @@ impl Message {
     }
 }
 
+/// Instructions a chat template may execute per rendering.
+const TEMPLATE_FUEL: u64 = 2_000_000;
+
 /// Render `messages` with the tokenizer's chat template.
 pub fn render(
     tokenizer: &TextTokenizer,
     messages: &[Message],
     add_generation_prompt: bool,
 ) -> Result<String> {
-    let template = tokenizer
-        .chat_template
-        .as_deref()
-        .ok_or_else(|| Error::Invalid("this tokenizer has no chat template".into()))?;
+    let template = tokenizer.chat_template.as_deref().ok_or_else(|| {
+        Error::input(
+            Location::file("tokenizer_config.json").field("chat_template"),
+            "this model has no chat template, so conversational rows and chat prompts \
+                 cannot be rendered",
+        )
+    })?;
     let mut env = Environment::new();
+    // A template comes with the model, so it may be hostile: bound the work it may do (a real
+    // template renders a chat in a few thousand instructions).
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_syntax(
         minijinja::syntax::SyntaxConfig::builder()
             .trim_blocks(true)
@@ -48,8 +57,12 @@ pub fn render(
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
         },
     );
-    env.add_template("chat", template)
-        .map_err(|e| Error::Invalid(format!("chat template does not parse: {e}")))?;
+    env.add_template("chat", template).map_err(|e| {
+        Error::input(
+            Location::file("tokenizer_config.json").field("chat_template"),
+            format!("the chat template does not parse: {e}"),
+        )
+    })?;
     env.get_template("chat")
         .and_then(|t| {
             t.render(context! {
@@ -59,7 +72,12 @@ pub fn render(
                 eos_token => tokenizer.eos_token.clone(),
             })
         })
-        .map_err(|e| Error::Invalid(format!("rendering the chat template: {e}")))
+        .map_err(|e| {
+            Error::input(
+                Location::file("tokenizer_config.json").field("chat_template"),
+                format!("rendering the chat template: {e}"),
+            )
+        })
 }
 
 /// Token ids of a rendered chat (no extra special tokens: the template has its own).

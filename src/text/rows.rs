@@ -61,6 +61,14 @@ pub struct Jsonl {
 }
 
 impl Jsonl {
+    /// A file's bytes as text: a UTF-8 byte-order mark is dropped, and invalid UTF-8 is an
+    /// error naming the line it is on.
+    pub fn from_bytes(source: impl Into<String>, bytes: Vec<u8>) -> Result<Self> {
+        let source = source.into();
+        let text = text_of(bytes, &source)?;
+        Ok(Self { source, text })
+    }
+
     pub fn pairs(&self) -> Result<Vec<PreferencePair>> {
         parse_jsonl(&self.text, &self.source)
     }
@@ -68,6 +76,27 @@ impl Jsonl {
     pub fn sft_examples(&self) -> Result<Vec<SftExample>> {
         parse_sft_jsonl(&self.text, &self.source)
     }
+}
+
+/// UTF-8 text without a byte-order mark; invalid UTF-8 is reported with its line and byte.
+pub fn text_of(bytes: Vec<u8>, source: &str) -> Result<String> {
+    let bytes = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(rest) => rest.to_vec(),
+        None => bytes,
+    };
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = at - bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
+        Error::input(
+            Location::file(source).line(line),
+            format!(
+                "invalid UTF-8 at byte {column} of the line (byte 0x{:02X}); save the file as UTF-8",
+                bytes[at]
+            ),
+        )
+    })
 }
 
 /// Read JSONL rows with `parse`, naming `source`, the 1-based line and the field in errors.
@@ -78,6 +107,8 @@ fn parse_lines<T>(
     parse: impl Fn(&Map<String, Value>, &dyn Fn(&str) -> Location) -> Result<T>,
 ) -> Result<Vec<T>> {
     let mut rows = Vec::new();
+    // A byte-order mark (from a file, or text handed over by JavaScript) is not part of line 1.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -235,6 +266,24 @@ mod tests {
         );
         let mixed = "{\"prompt\":\"a\",\"chosen\":[],\"rejected\":\"c\"}";
         assert!(parse_jsonl(mixed, "m.jsonl").is_err());
+    }
+
+    #[test]
+    fn byte_order_marks_and_bad_utf8_are_handled() {
+        let row = "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}";
+        let with_bom = [b"\xEF\xBB\xBF".as_slice(), row.as_bytes()].concat();
+        let jsonl = Jsonl::from_bytes("bom.jsonl", with_bom).unwrap();
+        assert_eq!(jsonl.pairs().unwrap().len(), 1);
+        assert_eq!(
+            parse_jsonl(&format!("\u{feff}{row}"), "js").unwrap().len(),
+            1
+        );
+        let bad = [row.as_bytes(), b"\n{\"prompt\":\"\xFF\"}\n"].concat();
+        let err = Jsonl::from_bytes("bad.jsonl", bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with("bad.jsonl:2: invalid UTF-8 at byte 12"),
+            "{err}"
+        );
     }
 
     #[test]

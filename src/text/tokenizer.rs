@@ -130,6 +130,15 @@ impl TextTokenizer {
             .map_err(|e| Error::Invalid(format!("decoding: {e}")))
     }
 
+    /// The largest id the tokenizer can produce (added tokens included), with its token.
+    pub fn max_token(&self) -> Option<(u32, String)> {
+        self.inner
+            .get_vocab(true)
+            .into_iter()
+            .max_by_key(|(_, id)| *id)
+            .map(|(token, id)| (id, token))
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

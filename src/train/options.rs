@@ -74,7 +74,75 @@ pub struct TrainOptions {
     pub shuffle: bool,
 }
 
+/// `value` of `field` must satisfy `ok`; otherwise an error saying what would be valid.
+pub(crate) fn check<T: std::fmt::Display>(
+    field: &str,
+    value: T,
+    ok: bool,
+    valid: &str,
+) -> Result<(), Error> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::setting(
+            field,
+            format!("{value} is not valid (must be {valid})"),
+        ))
+    }
+}
+
 impl TrainOptions {
+    /// Every setting in range, before any work starts. `task` decides whether β matters.
+    pub fn validate(&self, task: Task) -> Result<(), Error> {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        check(
+            "learning_rate",
+            self.learning_rate,
+            positive(self.learning_rate),
+            "a finite number > 0",
+        )?;
+        if task == Task::Dpo {
+            check(
+                "beta",
+                self.beta,
+                positive(self.beta),
+                "a finite number > 0",
+            )?;
+        }
+        check(
+            "max_grad_norm",
+            self.max_grad_norm,
+            non_negative(self.max_grad_norm),
+            "a finite number >= 0 (0 turns clipping off)",
+        )?;
+        check(
+            "weight_decay",
+            self.weight_decay,
+            non_negative(self.weight_decay),
+            "a finite number >= 0",
+        )?;
+        for (field, value) in [
+            ("batch_size", self.batch_size),
+            ("eval_batch_size", self.eval_batch_size),
+            ("epochs", self.epochs),
+        ] {
+            check(field, value, value >= 1, "at least 1")?;
+        }
+        if let Some(steps) = self.max_steps {
+            check("max_steps", steps, steps >= 1, "at least 1")?;
+        }
+        if let Some(max_length) = self.max_length {
+            check(
+                "max_length",
+                max_length,
+                max_length >= 2,
+                "at least 2 (or 0 for no limit)",
+            )?;
+        }
+        Ok(())
+    }
+
     /// Lower a default `max_length` to what the model can take (GPT-2's learned positions).
     /// Returns the new limit when it changed, for a notice.
     pub fn fit_max_length(&mut self, model_limit: Option<usize>) -> Option<usize> {

@@ -62,6 +62,28 @@ pub struct RunSpec {
     pub merge_lora: bool,
 }
 
+/// The settings of a run that can be checked before anything is loaded: the shells call this
+/// first, so a bad flag fails in milliseconds, not after a model download.
+pub fn check_settings(
+    task: Task,
+    overrides: &OptionOverrides,
+    lora: Option<&LoraRequest>,
+) -> Result<()> {
+    let mut options = TrainOptions::defaults_for(task);
+    overrides.apply(&mut options);
+    options.validate(task)?;
+    if let Some(request) = lora {
+        LoraSettings::new(
+            request.rank,
+            request.alpha,
+            request.targets.clone(),
+            Family::Llama,
+        )
+        .validate()?;
+    }
+    Ok(())
+}
+
 impl RunSpec {
     /// A spec with nothing chosen yet: the demo, TRL's defaults.
     pub fn new(task: Task) -> Self {
@@ -97,6 +119,32 @@ pub struct DataSummary {
     pub source: String,
     pub kept: usize,
     pub dropped: usize,
+}
+
+impl DataSummary {
+    /// A data set whose every example was dropped is an error that says why.
+    fn check_not_all_dropped(&self, task: Task, max_length: Option<usize>) -> Result<()> {
+        if self.kept > 0 || self.dropped == 0 {
+            return Ok(());
+        }
+        let limit = max_length.map_or("no limit".to_string(), |m| m.to_string());
+        let why = match task {
+            Task::Dpo => format!(
+                "every one of its {} pairs has a prompt of at least max_length ({limit}) tokens, \
+                 and TRL drops such pairs; raise max_length or shorten the prompts",
+                self.dropped
+            ),
+            Task::Sft => format!(
+                "none of its {} rows has a completion token within max_length ({limit}); \
+                 raise max_length",
+                self.dropped
+            ),
+        };
+        Err(Error::setting(
+            "max_length",
+            format!("nothing left of {}: {why}", self.source),
+        ))
+    }
 }
 
 /// What the shells report about a run before it starts.
@@ -160,6 +208,8 @@ pub struct Outcome {
     pub before: Option<Metrics>,
     pub after: Option<Metrics>,
     pub step_seconds: Vec<f64>,
+    /// `stop` asked the run to end early; a checkpoint of where it stopped was reported.
+    pub interrupted: bool,
 }
 
 impl Outcome {
@@ -184,6 +234,13 @@ impl Run {
     pub fn new(spec: RunSpec, device: &SelectedDevice) -> Result<Self> {
         let task = spec.task;
         let demo = spec.model.is_none();
+        if spec.adapter.is_some() && spec.lora.is_some() {
+            return Err(Error::setting(
+                "lora_adapter",
+                "an existing adapter keeps its own rank and targets: start from it or \
+                 from fresh adapters of a given rank, not both",
+            ));
+        }
         match (&spec.model, &spec.rows) {
             (None, Some(_)) => {
                 return Err(Error::setting(
@@ -238,6 +295,7 @@ impl Run {
         } else {
             None
         };
+        options.validate(task)?;
 
         let ModelBundle {
             config,
@@ -305,15 +363,20 @@ impl Run {
         let eval = eval_rows
             .map(|rows| rows.tokenize(&tokenizer, options.max_length))
             .transpose()?;
+        let train_summary = train.summary(source(spec.rows.as_ref(), demo_label));
+        let eval_summary = eval
+            .as_ref()
+            .map(|e| e.summary(source(spec.eval_rows.as_ref(), demo_label)));
+        for data in std::iter::once(&train_summary).chain(eval_summary.as_ref()) {
+            data.check_not_all_dropped(task, options.max_length)?;
+        }
         let summary = Summary {
             task,
             family: config.family(),
             demo,
             device: device.description.clone(),
-            train: train.summary(source(spec.rows.as_ref(), demo_label)),
-            eval: eval
-                .as_ref()
-                .map(|e| e.summary(source(spec.eval_rows.as_ref(), demo_label))),
+            train: train_summary,
+            eval: eval_summary,
             drop_reason: match task {
                 Task::Dpo => DropReason::PromptFillsMaxLength,
                 Task::Sft => DropReason::NoCompletionWithinMaxLength,
@@ -377,10 +440,12 @@ impl Run {
 
     /// Train to the end: evaluate before, step (evaluating and checkpointing on `schedule`),
     /// evaluate after. `on_event` sees everything as it happens; an error it returns stops the
-    /// run.
+    /// run. `stop` is asked after every step: when it says yes, the run checkpoints where it is
+    /// and returns (`Outcome::interrupted`).
     pub async fn train(
         &mut self,
         schedule: Schedule,
+        stop: impl Fn() -> bool,
         mut on_event: impl FnMut(Event) -> Result<()>,
     ) -> Result<Outcome> {
         let every = |n: usize, step: usize| n > 0 && step.is_multiple_of(n);
@@ -408,9 +473,22 @@ impl Run {
                     metrics,
                 })?;
             }
-            if every(schedule.save_every, step) && !self.trainer.is_done() {
+            let saved = every(schedule.save_every, step) && !self.trainer.is_done();
+            if saved {
                 let files = self.checkpoint_files().await?;
                 on_event(Event::Checkpoint { step, files })?;
+            }
+            if stop() && !self.trainer.is_done() {
+                if !saved {
+                    let files = self.checkpoint_files().await?;
+                    on_event(Event::Checkpoint { step, files })?;
+                }
+                return Ok(Outcome {
+                    before,
+                    after: None,
+                    step_seconds,
+                    interrupted: true,
+                });
             }
         }
         let after = self.trainer.evaluate().await?;
@@ -425,6 +503,7 @@ impl Run {
             before,
             after,
             step_seconds,
+            interrupted: false,
         })
     }
 }

@@ -87,7 +87,12 @@ pub struct Trainer {
     device: Device,
     total_steps: usize,
     progress: Progress,
+    /// Steps in a row whose loss or gradient was not finite (their updates were skipped).
+    non_finite_in_a_row: usize,
 }
+
+/// After this many non-finite steps in a row the run stops.
+const MAX_NON_FINITE_STEPS: usize = 3;
 
 impl Trainer {
     /// `policy` starts training from its current weights. Models live on `device` (no autodiff).
@@ -156,6 +161,7 @@ impl Trainer {
                 order: Vec::new(),
                 next_seed: options.seed,
             },
+            non_finite_in_a_row: 0,
             options,
         };
         trainer.start_epoch();
@@ -343,22 +349,53 @@ impl Trainer {
             self.total_steps,
             self.options.warmup_steps,
         );
-        self.policy = Some(self.optimizer.step(lr, policy, grads));
-
-        // One readback per step: statistics, grad norm and (first time only) reference log-probs.
+        // One readback per step, before the update: statistics, grad norm and (first time only)
+        // reference log-probs. A non-finite loss or gradient skips the update.
         readback.push(grad_norm);
-        let data = self.read_back_and_remember(readback, fresh).await?;
+        let data = match self.read_back_and_remember(readback, fresh).await {
+            Ok(data) => data,
+            Err(e) => {
+                self.policy = Some(policy);
+                return Err(e);
+            }
+        };
         let metrics = to_metrics(&data);
+        let grad_norm = data[1][0] as f64;
+        let finite = metrics.loss().is_finite() && grad_norm.is_finite();
+        self.policy = Some(if finite {
+            self.optimizer.step(lr, policy, grads)
+        } else {
+            policy
+        });
         self.progress.step += 1;
+        self.non_finite_in_a_row = if finite {
+            0
+        } else {
+            self.non_finite_in_a_row + 1
+        };
+        if self.non_finite_in_a_row >= MAX_NON_FINITE_STEPS {
+            return Err(Error::Numeric {
+                step: self.progress.step,
+                message: format!(
+                    "the loss or the gradient norm was NaN or infinite in {MAX_NON_FINITE_STEPS} \
+                     steps in a row (loss {}, gradient norm {grad_norm}; those updates were \
+                     skipped). Likely causes: a learning rate too high for this model \
+                     (learning_rate {}), or NaN/infinite values in the model's weights",
+                    metrics.loss(),
+                    self.options.learning_rate
+                ),
+            });
+        }
         Ok(StepReport {
             step: self.progress.step,
             total_steps: self.total_steps,
             epoch: self.progress.step as f64 * self.options.batch_size as f64
                 / self.train_len() as f64,
             metrics,
-            grad_norm: data[1][0] as f64,
+            grad_norm,
             learning_rate: lr,
             seconds: started.elapsed().as_secs_f64(),
+            skipped: !finite,
         })
     }
 

@@ -16,8 +16,9 @@
 //                            give the same greedy ids and loss
 //   4. GGUF by URL           the tiny sentencepiece-Llama and Qwen2 GGUF files of tests/fixtures:
 //                            prompt ids and greedy ids equal transformers', a DPO step runs
-//   5. modelUrl errors       a folder without config.json, and an index naming a missing shard,
-//                            are rejected with clear messages
+//   5. modelUrl errors       a folder without config.json, an index naming a missing shard, and
+//                            one naming a shard outside the folder are rejected with clear
+//                            messages
 //   6. model sources agree   web/model-source.js's file list and hf: URLs equal the Rust side's
 //                            (the wasm exports modelLayout() and hubUrl())
 //   7. no WebGPU             a browser without --enable-unsafe-webgpu shows the clear message,
@@ -148,6 +149,12 @@ const GENERATED = {
   "/__test__/missing-shard/model.safetensors.index.json": ["application/json", JSON.stringify({
     metadata: { total_size: 8 },
     weight_map: { "a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors" },
+  })],
+  // a hostile index naming a shard outside the folder
+  "/__test__/hostile-shard/config.json": ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy/config.json"))],
+  "/__test__/hostile-shard/tokenizer.json": ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy/tokenizer.json"))],
+  "/__test__/hostile-shard/model.safetensors.index.json": ["application/json", JSON.stringify({
+    weight_map: { "a.weight": "../sharded/model-00001-of-00002.safetensors" },
   })],
 };
 
@@ -595,6 +602,7 @@ async function testModelUrlErrors(browser, base) {
     return {
       missing: await attempt("/fixtures/llama/"),
       missingShard: await attempt("/__test__/missing-shard"),
+      hostileShard: await attempt("/__test__/hostile-shard"),
       badHf: await attempt("hf:not a repo"),
     };
   }, null, 180_000);
@@ -604,6 +612,8 @@ async function testModelUrlErrors(browser, base) {
   assert(/model-0000[12]-of-00002\.safetensors \(named in model\.safetensors\.index\.json\) not found at .*\(404\)/.test(r.missingShard),
     `missing shard: names the file and the URL (got ${r.missingShard})`);
   assert(/^TypeError: .*hf:OWNER\/NAME/.test(r.badHf), `malformed hf: URL (got ${r.badHf})`);
+  assert(/not a plain file name inside the model folder/.test(r.hostileShard),
+    `a shard named "../x" is refused (got ${r.hostileShard})`);
   return { detail: `${r.missing.slice(0, 90)}…; ${r.missingShard.slice(0, 90)}…` };
 }
 
@@ -748,7 +758,7 @@ async function main() {
       needBrowser(() => testModelUrl(browser, base)));
     await run("GGUF by URL: sentencepiece Llama and Qwen2, greedy ids == transformers, a DPO step",
       needBrowser(() => testGgufUrls(browser, base)));
-    await run("modelUrl errors: missing config.json, missing shard, malformed hf:",
+    await run("modelUrl errors: missing config.json, missing shard, hostile shard, malformed hf:",
       needBrowser(() => testModelUrlErrors(browser, base)));
     await run("model-source.js agrees with the Rust side: file list and hf: URLs",
       needBrowser(() => testModelSourceAgrees(browser, base)));

@@ -198,6 +198,10 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
     /// A u64 count or size that must fit in memory.
     fn len(&mut self, what: &str) -> Result<usize> {
         let v = self.u64(what)?;
@@ -239,7 +243,8 @@ impl<'a> Cursor<'a> {
                         "nested metadata arrays are not supported",
                     ));
                 }
-                let mut items = Vec::with_capacity(count);
+                // Every element takes at least one byte: never reserve more than the file holds.
+                let mut items = Vec::with_capacity(count.min(self.remaining()));
                 for _ in 0..count {
                     items.push(self.value(element_type, key)?);
                 }
@@ -289,14 +294,16 @@ impl GgufFile {
         }
         let tensor_count = c.len("the tensor count")?;
         let kv_count = c.len("the metadata count")?;
-        let mut metadata = HashMap::with_capacity(kv_count);
+        // Counts are checked against the file's length (`len`), and reservations against what is
+        // left of it: a small file cannot ask for a large allocation.
+        let mut metadata = HashMap::with_capacity(kv_count.min(c.remaining() / 13));
         for _ in 0..kv_count {
             let key = c.string("a metadata key")?;
             let value_type = c.u32("a metadata type")?;
             let value = c.value(value_type, &key)?;
             metadata.insert(key, value);
         }
-        let mut tensors = Vec::with_capacity(tensor_count);
+        let mut tensors = Vec::with_capacity(tensor_count.min(c.remaining() / 24));
         for _ in 0..tensor_count {
             let name = c.string("a tensor name")?;
             let what = format!("the tensor info of `{name}`");
@@ -425,7 +432,7 @@ impl GgufFile {
             .dims
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .map(|n| n / block_elems * block_bytes);
+            .and_then(|n| (n / block_elems).checked_mul(block_bytes));
         let start = self.data_start.checked_add(t.offset);
         let data = self.bytes.as_ref();
         match (start, nbytes) {

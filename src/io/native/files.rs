@@ -16,10 +16,12 @@ use crate::io::model_dir::{
 use crate::io::peft::AdapterFiles;
 use crate::io::safetensors::{FileBytes, SafetensorsSource};
 use crate::model::config::ModelConfig;
-use crate::text::rows::{Jsonl, PreferencePair, parse_jsonl};
+use crate::text::rows::{Jsonl, PreferencePair, parse_jsonl, text_of};
 
+/// A text file (UTF-8, a byte-order mark dropped; invalid UTF-8 names its line).
 pub fn read_text(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))
+    let bytes = fs::read(path).map_err(|e| Error::io(path.display(), e))?;
+    text_of(bytes, &path.display().to_string())
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>> {
@@ -32,10 +34,8 @@ fn read_optional(path: &Path) -> Result<Option<String>> {
 
 /// A JSONL data file, named by its path in errors.
 pub fn read_jsonl(path: &Path) -> Result<Jsonl> {
-    Ok(Jsonl {
-        source: path.display().to_string(),
-        text: read_text(path)?,
-    })
+    let bytes = fs::read(path).map_err(|e| Error::io(path.display(), e))?;
+    Jsonl::from_bytes(path.display().to_string(), bytes)
 }
 
 pub fn read_pairs(path: &Path) -> Result<Vec<PreferencePair>> {
@@ -148,6 +148,52 @@ pub fn write_files_atomically(dir: &Path, files: &ExportedFiles) -> Result<()> {
             let _ = fs::remove_file(&staging);
             return Err(Error::io(path.display(), e));
         }
+    }
+    Ok(())
+}
+
+/// Write `files` as the directory `dir`, all at once: they go into a temporary directory beside
+/// it (each file synced), which is then renamed to `dir`. Interrupted at any moment (even by
+/// `kill -9`), this leaves either no `dir` or a complete one. An existing `dir` is replaced.
+pub fn write_dir_atomically(dir: &Path, files: &ExportedFiles) -> Result<()> {
+    let staging = sibling(dir, &format!("partial-{}", std::process::id()));
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|e| Error::io(staging.display(), e))?;
+    }
+    write_files_atomically(&staging, files)?;
+    replace_dir(&staging, dir)
+}
+
+/// `path` with `.{suffix}` appended to its last component, hidden (`out/.checkpoint-4.tmp`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path.file_name().map_or_else(
+        || "output".to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    path.with_file_name(format!(".{name}.{suffix}"))
+}
+
+/// Move directory `from` to `to`, replacing what was at `to` (moved aside first, deleted after),
+/// and sync the parent so the rename survives a crash.
+pub fn replace_dir(from: &Path, to: &Path) -> Result<()> {
+    let aside = sibling(to, &format!("old-{}", std::process::id()));
+    let had_old = to.exists();
+    if had_old {
+        fs::rename(to, &aside).map_err(|e| Error::io(to.display(), e))?;
+    }
+    if let Err(e) = fs::rename(from, to) {
+        if had_old {
+            let _ = fs::rename(&aside, to);
+        }
+        return Err(Error::io(to.display(), e));
+    }
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Ok(dir) = fs::File::open(parent)
+    {
+        let _ = dir.sync_all();
+    }
+    if had_old {
+        fs::remove_dir_all(&aside).map_err(|e| Error::io(aside.display(), e))?;
     }
     Ok(())
 }
