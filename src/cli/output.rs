@@ -89,6 +89,18 @@ impl Staging {
     /// finished run stays in the partial folder.
     pub fn commit(mut self) -> Result<()> {
         self.committed = true;
+        // Half-written files and checkpoints of a killed run that this one resumed.
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".partial-") {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(path)
+                } else {
+                    std::fs::remove_file(path)
+                };
+            }
+        }
         replace_dir(&self.dir, &self.output).map_err(|e| {
             Error::Invalid(format!(
                 "{e}; the finished run is in {}",
