@@ -131,22 +131,7 @@ fn sft_tokenization_metrics_and_step_match_trl() {
             );
             // Weights after the step, tensor by tensor.
             let path = fixtures().join(family).join("after_sft_sgd.safetensors");
-            let theirs =
-                SafetensorsSource::new("trl", vec![("trl".into(), FileBytes::map(&path).unwrap())])
-                    .unwrap();
-            let ours = pollster::block_on(export_weights(&trainer.policy())).unwrap();
-            let ours = SafetensorsSource::new(
-                "ours",
-                vec![("ours".into(), FileBytes::Owned(ours.to_bytes().unwrap()))],
-            )
-            .unwrap();
-            let mut worst: f64 = 0.0;
-            for name in theirs.names() {
-                let (a, b) = (ours.read(name).unwrap(), theirs.read(name).unwrap());
-                for (x, y) in a.data.iter().zip(&b.data) {
-                    worst = worst.max((x - y).abs() as f64);
-                }
-            }
+            let worst = common::worst_weight_difference(&trainer.policy(), &path);
             eprintln!("{what}: worst weight difference after one SGD step {worst:.2e}");
             assert!(worst < 1e-5, "{what}: {worst}");
         }

@@ -86,6 +86,11 @@
  *               SFT { prompt, completion }, { messages: [{ role, content }, ...] } or { text }
  *   optimizer ("adamw" | "sgd"), lr, lrScheduler ("constant" | "linear" | "cosine"), warmupSteps,
  *   batchSize, epochs, maxSteps, beta, maxLength, seed, maxGradNorm, weightDecay, evalBatchSize
+ *   loss        array of TRL loss types (default ["sigmoid"]): "sigmoid", "hinge", "ipo", "exo_pair",
+ *               "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero",
+ *               "apo_down", "discopop", "sft", "sigmoid_norm"; lossWeights (same length, default 1
+ *               each), labelSmoothing, discopopTau, fDivergenceType ("reverse_kl" | "forward_kl" |
+ *               "js_divergence" | "alpha_divergence"), fAlphaDivergenceCoef, ldAlpha, useWeighting
  *   loraRank    train LoRA adapters of this rank instead of every weight (the frozen base is the
  *               DPO reference); loraAlpha (default 2 * rank), loraTargets (default ["q_proj",
  *               "v_proj"], GPT-2 ["c_attn"]); mergeLora: exportModel returns the merged model

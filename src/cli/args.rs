@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use dpo_wgpu::backend::BackendChoice;
 use dpo_wgpu::model::generate::SamplingOptions;
+use dpo_wgpu::train::losses::{FDivergence, PreferenceLoss};
 use dpo_wgpu::train::optim::{LrSchedule, OptimizerKind};
 use dpo_wgpu::train::options::OptionOverrides;
 use dpo_wgpu::train::run::LoraRequest;
@@ -41,6 +42,53 @@ pub struct TrainArgs {
     pub ref_model: Option<String>,
     #[arg(long)]
     pub beta: Option<f64>,
+    #[command(flatten)]
+    pub loss: LossArgs,
+}
+
+/// The preference losses and their options, named as TRL's `DPOConfig` fields.
+#[derive(Args, Default)]
+pub struct LossArgs {
+    /// Preference losses, comma-separated to combine (TRL's loss_type): sigmoid (DPO), hinge,
+    /// ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero,
+    /// apo_down, discopop, sft, sigmoid_norm.
+    #[arg(long, value_delimiter = ',')]
+    pub loss: Option<Vec<PreferenceLoss>>,
+    /// Weights of the losses in --loss (default 1 each); MPO: sigmoid,bco_pair,sft with 0.8,0.2,1.0.
+    #[arg(long, value_delimiter = ',')]
+    pub loss_weights: Option<Vec<f64>>,
+    /// ε of the robust, exo_pair and aot losses, in [0, 0.5).
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// τ of the discopop loss (default 0.05).
+    #[arg(long)]
+    pub discopop_tau: Option<f64>,
+    /// reverse_kl (DPO), forward_kl, js_divergence or alpha_divergence (f-DPO).
+    #[arg(long)]
+    pub f_divergence_type: Option<FDivergence>,
+    /// α of alpha_divergence (default 1).
+    #[arg(long)]
+    pub f_alpha_divergence_coef: Option<f64>,
+    /// LD-DPO: weight of the tokens past the shorter completion of a pair, in [0, 1].
+    #[arg(long)]
+    pub ld_alpha: Option<f64>,
+    /// WPO: weight each pair by its completions' probabilities under the policy.
+    #[arg(long)]
+    pub use_weighting: bool,
+}
+
+impl LossArgs {
+    /// Put the loss settings into `o`.
+    pub fn fill(&self, o: &mut OptionOverrides) {
+        o.loss = self.loss.clone();
+        o.loss_weights = self.loss_weights.clone();
+        o.label_smoothing = self.label_smoothing;
+        o.discopop_tau = self.discopop_tau;
+        o.f_divergence_type = self.f_divergence_type;
+        o.f_alpha_divergence_coef = self.f_alpha_divergence_coef;
+        o.ld_alpha = self.ld_alpha;
+        o.use_weighting = self.use_weighting.then_some(true);
+    }
 }
 
 /// What `train` and `sft` share.
@@ -119,8 +167,9 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn overrides(&self, beta: Option<f64>) -> OptionOverrides {
-        OptionOverrides {
+    /// The settings these flags give (`dpo`: `train`'s own flags).
+    pub fn overrides(&self, dpo: Option<&TrainArgs>) -> OptionOverrides {
+        let mut o = OptionOverrides {
             optimizer: self.optimizer,
             learning_rate: self.lr,
             lr_schedule: self.lr_scheduler,
@@ -128,13 +177,18 @@ impl RunArgs {
             batch_size: self.batch_size,
             epochs: self.epochs,
             max_steps: self.max_steps,
-            beta,
+            beta: dpo.and_then(|d| d.beta),
             max_length: self.max_length,
             seed: self.seed,
             max_grad_norm: self.max_grad_norm,
             weight_decay: self.weight_decay,
             eval_batch_size: self.eval_batch_size,
+            ..OptionOverrides::default()
+        };
+        if let Some(dpo) = dpo {
+            dpo.loss.fill(&mut o);
         }
+        o
     }
 
     pub fn lora(&self) -> Option<LoraRequest> {
@@ -169,6 +223,8 @@ pub struct EvalArgs {
     /// Print one JSON object with TRL's metric names.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub loss: LossArgs,
 }
 
 #[derive(Args)]

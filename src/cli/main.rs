@@ -108,7 +108,7 @@ mod cli {
         if args.model.is_some() && args.output.is_none() {
             return Err(Error::setting("output", "required with --model"));
         }
-        let overrides = args.overrides(dpo.and_then(|d| d.beta));
+        let overrides = args.overrides(dpo);
         check_settings(task, &overrides, args.lora().as_ref())?;
         let output = args.output.clone().unwrap_or_else(|| "runs/demo".into());
         let staging = Staging::begin(&output, args.resume_from.as_deref())?;
@@ -223,12 +223,13 @@ mod cli {
     }
 
     fn evaluate(args: EvalArgs) -> Result<()> {
-        let overrides = OptionOverrides {
+        let mut overrides = OptionOverrides {
             beta: Some(args.beta),
             eval_batch_size: Some(args.batch_size),
             max_length: args.max_length,
             ..OptionOverrides::default()
         };
+        args.loss.fill(&mut overrides);
         check_settings(Task::Dpo, &overrides, None)?;
         let data = read_jsonl(&args.data)?;
         let selected = device(args.backend)?;

@@ -18,6 +18,18 @@ pub struct ScoringBatch {
     /// `(row, position)`: the token at `position + 1` of `row` is a completion token and is scored
     /// from the hidden state at `position` (Hugging Face's label shift).
     pub scored: Vec<(usize, usize)>,
+    /// Completion tokens of each row within the row (TRL's unshifted `completion_mask` sums).
+    pub completion_tokens: Vec<usize>,
+}
+
+/// What to compute beyond the sequence log-probs.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreOptions {
+    /// A weight per scored token (aligned with `ScoringBatch::scored`): `logps` becomes the
+    /// weighted sum (LD-DPO), `plain_logps` stays the plain one.
+    pub token_weights: Option<Vec<f32>>,
+    /// Also Σ (log p(token) − log Σ_v p_v²) per row, detached (WPO's aligned log-probs).
+    pub aligned: bool,
 }
 
 impl ScoringBatch {
@@ -32,8 +44,13 @@ impl ScoringBatch {
 
 /// Per-row sums over scored tokens, still on the device.
 pub struct RowScores {
-    /// Σ log p(token) over each row's completion: the sequence log-prob, `[rows]`.
+    /// Σ log p(token) over each row's completion: the sequence log-prob, `[rows]` (weighted per
+    /// token when `ScoreOptions::token_weights` is set).
     pub logps: Tensor<1>,
+    /// The unweighted Σ log p(token) (the same tensor as `logps` without token weights).
+    pub plain_logps: Tensor<1>,
+    /// Σ (log p(token) − log Σ_v p_v²), `[rows]`, detached; with `ScoreOptions::aligned`.
+    pub aligned_logp_sums: Option<Tensor<1>>,
     /// Σ over each row's completion tokens of the mean logit over the vocabulary, `[rows]`
     /// (TRL's `logits/chosen` is this divided by the token count). Detached.
     pub mean_logit_sums: Tensor<1>,
@@ -50,6 +67,16 @@ const MAX_LOGITS_ELEMENTS: usize = 16 * 1024 * 1024;
 /// Sequence log-probs of the completions: the lm_head, log-softmax and gather run only on scored
 /// positions, in row chunks, so `[batch*seq, vocab]` logits are never built.
 pub fn score_completions(model: &CausalLm, batch: &ScoringBatch, device: &Device) -> RowScores {
+    score_completions_with(model, batch, &ScoreOptions::default(), device)
+}
+
+/// [`score_completions`] with per-token weights or the aligned sums.
+pub fn score_completions_with(
+    model: &CausalLm,
+    batch: &ScoringBatch,
+    options: &ScoreOptions,
+    device: &Device,
+) -> RowScores {
     let input = token_tensor(&batch.input_ids, batch.rows, batch.seq_len, device);
     let hidden = model.hidden_states(input, &batch.padding);
     let [rows, seq, d_model] = hidden.dims();
@@ -58,6 +85,8 @@ pub fn score_completions(model: &CausalLm, batch: &ScoringBatch, device: &Device
         let zeros = Tensor::<1>::zeros([rows], device);
         return RowScores {
             logps: zeros.clone(),
+            plain_logps: zeros.clone(),
+            aligned_logp_sums: options.aligned.then(|| zeros.clone()),
             mean_logit_sums: zeros.clone(),
             top1_hits: zeros.clone(),
             entropy_sums: zeros,
@@ -81,18 +110,24 @@ pub fn score_completions(model: &CausalLm, batch: &ScoringBatch, device: &Device
     let head = model.lm_head().transpose();
     let vocab = model.vocab_size();
     let chunk = (MAX_LOGITS_ELEMENTS / vocab).max(1);
-    let (mut token_logps, mut mean_logits, mut hits, mut entropies) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut token_logps, mut mean_logits, mut hits, mut entropies, mut aligned) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
         let chunk_labels = labels.clone().narrow(0, start, len);
         let logits = selected.clone().narrow(0, start, len).matmul(head.clone());
         let log_probs = log_softmax(logits.clone(), 1);
-        token_logps.push(log_probs.clone().gather(1, chunk_labels.clone()));
+        let picked = log_probs.clone().gather(1, chunk_labels.clone());
+        token_logps.push(picked.clone());
         // Statistics only: computed off the autodiff graph.
         let logits = logits.detach();
         let log_probs = log_probs.detach();
+        if options.aligned {
+            // log Σ_v p_v² = logsumexp(2 log p); every term ≤ 1, so no overflow.
+            let log_sum_sq = log_probs.clone().mul_scalar(2.0).exp().sum_dim(1).log();
+            aligned.push(picked.detach() - log_sum_sq);
+        }
         mean_logits.push(logits.clone().mean_dim(1));
         hits.push(logits.argmax(1).equal(chunk_labels).float());
         entropies.push((log_probs.clone().exp() * log_probs).sum_dim(1).neg());
@@ -104,14 +139,29 @@ pub fn score_completions(model: &CausalLm, batch: &ScoringBatch, device: &Device
         membership[row * n + i] = 1.0;
     }
     let membership = Tensor::<2>::from_data(TensorData::new(membership, [rows, n]), device);
-    let per_row = |parts: Vec<Tensor<2>>| {
+    let sum_rows = |membership: &Tensor<2>, parts: Vec<Tensor<2>>| {
         membership
             .clone()
             .matmul(Tensor::cat(parts, 0))
             .reshape([rows])
     };
+    let per_row = |parts: Vec<Tensor<2>>| sum_rows(&membership, parts);
+    let plain_logps = per_row(token_logps.clone());
+    let logps = match &options.token_weights {
+        Some(weights) => {
+            let mut weighted = vec![0f32; rows * n];
+            for (i, (&(row, _), &w)) in batch.scored.iter().zip(weights).enumerate() {
+                weighted[row * n + i] = w;
+            }
+            let weighted = Tensor::<2>::from_data(TensorData::new(weighted, [rows, n]), device);
+            sum_rows(&weighted, token_logps)
+        }
+        None => plain_logps.clone(),
+    };
     RowScores {
-        logps: per_row(token_logps),
+        logps,
+        plain_logps,
+        aligned_logp_sums: options.aligned.then(|| per_row(aligned)),
         mean_logit_sums: per_row(mean_logits),
         top1_hits: per_row(hits),
         entropy_sums: per_row(entropies),

@@ -76,6 +76,11 @@ pub fn collate(
             seq_len,
             is_pad,
         },
+        completion_tokens: sequences
+            .iter()
+            .zip(&lengths)
+            .map(|((prompt, _), &len)| len.saturating_sub(prompt.len()))
+            .collect(),
         scored,
     }
 }

@@ -13,6 +13,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
+use super::losses::LossOptions;
 use super::optim::{LrSchedule, OptimizerKind};
 use super::options::TrainOptions;
 use crate::error::Result;
@@ -219,6 +220,7 @@ pub fn train_options() -> TrainOptions {
         warmup_steps: 0,
         eval_batch_size: 64,
         shuffle: true,
+        loss: LossOptions::default(),
     }
 }
 

@@ -1,12 +1,13 @@
 //! The DPO objective and TRL's metrics.
 //!
-//! r(y) = β·(log π(y|x) − log π_ref(y|x)); loss = −log σ(r(y_w) − r(y_l)), averaged over pairs.
+//! r(y) = β·(log π(y|x) − log π_ref(y|x)); the loss is `losses.rs`'s (by default
+//! −log σ(r(y_w) − r(y_l)), averaged over pairs). The metrics are the same for every loss.
 
-use burn::tensor::Tensor;
-use burn::tensor::activation::log_sigmoid;
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::model::scoring::RowScores;
+use super::losses::{LossOptions, PairInputs, preference_loss};
+use crate::model::scoring::{RowScores, ScoringBatch};
 
 /// Device-side results of one batch: the loss to differentiate and a small vector of statistics
 /// read back once per step.
@@ -35,20 +36,54 @@ enum Stat {
 }
 const STATS: usize = 11;
 
-/// Rows `0..pairs` of `policy` are chosen completions, rows `pairs..2*pairs` rejected ones.
+/// Rows `0..pairs` of `policy` (scored on `batch`) are chosen completions, rows
+/// `pairs..2*pairs` rejected ones.
 pub fn dpo_loss(
     policy: RowScores,
     ref_chosen: Tensor<1>,
     ref_rejected: Tensor<1>,
-    pairs: usize,
+    batch: &ScoringBatch,
+    options: &LossOptions,
     beta: f64,
 ) -> DpoOutput {
+    let pairs = batch.rows / 2;
+    let device = policy.logps.device();
     let chosen = policy.logps.clone().narrow(0, 0, pairs);
-    let rejected = policy.logps.narrow(0, pairs, pairs);
+    let rejected = policy.logps.clone().narrow(0, pairs, pairs);
+    let host = |values: Vec<f32>| {
+        let n = values.len();
+        Tensor::<1>::from_data(TensorData::new(values, [n]), &device)
+    };
+    let lengths = |range: std::ops::Range<usize>| {
+        host(
+            batch.completion_tokens[range]
+                .iter()
+                .map(|&t| t.max(1) as f32)
+                .collect(),
+        )
+    };
+    let scored = batch.scored_tokens_per_row();
+    let pair_weights = policy.aligned_logp_sums.clone().map(|sums| {
+        // WPO: exp(mean aligned log-prob) per completion, chosen × rejected per pair.
+        let counts = host(scored.iter().map(|&t| t.max(1) as f32).collect());
+        let weights = (sums / counts).exp();
+        weights.clone().narrow(0, 0, pairs) * weights.narrow(0, pairs, pairs)
+    });
+    let inputs = PairInputs {
+        chosen_logps: chosen.clone(),
+        rejected_logps: rejected.clone(),
+        ref_chosen_logps: ref_chosen.clone(),
+        ref_rejected_logps: ref_rejected.clone(),
+        chosen_lengths: lengths(0..pairs),
+        rejected_lengths: lengths(pairs..2 * pairs),
+        chosen_token_logp_sum: policy.plain_logps.clone().narrow(0, 0, pairs).sum(),
+        chosen_token_count: scored[..pairs].iter().sum(),
+        pair_weights,
+    };
+    let loss = preference_loss(&inputs, options, beta);
     let chosen_rewards = (chosen.clone() - ref_chosen).mul_scalar(beta);
     let rejected_rewards = (rejected.clone() - ref_rejected).mul_scalar(beta);
     let margins = chosen_rewards.clone() - rejected_rewards.clone();
-    let loss = log_sigmoid(margins.clone()).neg().mean();
 
     let detached = |t: Tensor<1>| t.detach();
     let accuracy = chosen_rewards

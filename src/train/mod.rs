@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod demo;
 pub mod dpo;
+pub mod losses;
 pub mod metrics;
 pub mod optim;
 pub mod options;

@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::losses::{FDivergence, LossOptions, LossTerm, PreferenceLoss};
 use super::optim::{LrSchedule, OptimizerKind};
 use crate::error::Error;
 
@@ -72,6 +73,9 @@ pub struct TrainOptions {
     /// Visit training examples in a new random order each epoch (off: file order).
     #[serde(default = "default_true")]
     pub shuffle: bool,
+    /// Which preference losses, and their settings (DPO).
+    #[serde(flatten)]
+    pub loss: LossOptions,
 }
 
 /// `value` of `field` must satisfy `ok`; otherwise an error saying what would be valid.
@@ -109,6 +113,7 @@ impl TrainOptions {
                 positive(self.beta),
                 "a finite number > 0",
             )?;
+            self.loss.validate()?;
         }
         check(
             "max_grad_norm",
@@ -192,6 +197,7 @@ impl Default for TrainOptions {
             warmup_steps: 0,
             eval_batch_size: 8,
             shuffle: true,
+            loss: LossOptions::default(),
         }
     }
 }
@@ -219,10 +225,19 @@ pub struct OptionOverrides {
     pub max_grad_norm: Option<f64>,
     pub weight_decay: Option<f64>,
     pub eval_batch_size: Option<usize>,
+    /// Preference losses (TRL's `loss_type`), weighted by `loss_weights` (default 1 each).
+    pub loss: Option<Vec<PreferenceLoss>>,
+    pub loss_weights: Option<Vec<f64>>,
+    pub label_smoothing: Option<f64>,
+    pub discopop_tau: Option<f64>,
+    pub f_divergence_type: Option<FDivergence>,
+    pub f_alpha_divergence_coef: Option<f64>,
+    pub ld_alpha: Option<f64>,
+    pub use_weighting: Option<bool>,
 }
 
 impl OptionOverrides {
-    pub fn apply(&self, o: &mut TrainOptions) {
+    pub fn apply(&self, o: &mut TrainOptions) -> Result<(), Error> {
         macro_rules! set {
             ($($field:ident),*) => {$(
                 if let Some(v) = self.$field {
@@ -251,6 +266,52 @@ impl OptionOverrides {
         if let Some(max_length) = self.max_length {
             o.max_length = (max_length > 0).then_some(max_length);
         }
+        let l = &mut o.loss;
+        if self.loss.is_some() || self.loss_weights.is_some() {
+            let losses: Vec<PreferenceLoss> = match &self.loss {
+                Some(losses) => losses.clone(),
+                None => l.losses.iter().map(|t| t.loss).collect(),
+            };
+            let weights = self
+                .loss_weights
+                .clone()
+                .unwrap_or_else(|| vec![1.0; losses.len()]);
+            if weights.len() != losses.len() {
+                return Err(Error::setting(
+                    "loss_weights",
+                    format!(
+                        "must have the same length as loss when combining losses: {} weights for \
+                         {} losses",
+                        weights.len(),
+                        losses.len()
+                    ),
+                ));
+            }
+            l.losses = losses
+                .into_iter()
+                .zip(weights)
+                .map(|(loss, weight)| LossTerm { loss, weight })
+                .collect();
+        }
+        if let Some(v) = self.label_smoothing {
+            l.label_smoothing = v;
+        }
+        if let Some(v) = self.discopop_tau {
+            l.discopop_tau = v;
+        }
+        if let Some(v) = self.f_divergence_type {
+            l.f_divergence_type = v;
+        }
+        if let Some(v) = self.f_alpha_divergence_coef {
+            l.f_alpha_divergence_coef = v;
+        }
+        if let Some(v) = self.ld_alpha {
+            l.ld_alpha = Some(v);
+        }
+        if let Some(v) = self.use_weighting {
+            l.use_weighting = v;
+        }
+        Ok(())
     }
 }
 
@@ -270,7 +331,8 @@ mod tests {
             learning_rate: Some(0.5),
             ..Default::default()
         }
-        .apply(&mut o);
+        .apply(&mut o)
+        .unwrap();
         assert_eq!((o.epochs, o.max_steps, o.max_length), (3, None, None));
         assert_eq!(o.learning_rate, 0.5);
         OptionOverrides {
@@ -279,11 +341,51 @@ mod tests {
             max_length: Some(64),
             ..Default::default()
         }
-        .apply(&mut o);
+        .apply(&mut o)
+        .unwrap();
         assert_eq!(
             (o.epochs, o.max_steps, o.max_length),
             (2, Some(7), Some(64))
         );
         assert!("SFT".parse::<Task>().unwrap() == Task::Sft && "x".parse::<Task>().is_err());
+        // MPO, and TRL's length rule for weights.
+        let mpo = OptionOverrides {
+            loss: Some(vec![
+                PreferenceLoss::Sigmoid,
+                PreferenceLoss::BcoPair,
+                PreferenceLoss::Sft,
+            ]),
+            loss_weights: Some(vec![0.8, 0.2, 1.0]),
+            ..Default::default()
+        };
+        mpo.apply(&mut o).unwrap();
+        assert_eq!(o.loss.losses[1].loss, PreferenceLoss::BcoPair);
+        assert_eq!(o.loss.losses[1].weight, 0.2);
+        let mismatched = OptionOverrides {
+            loss_weights: Some(vec![1.0]),
+            ..Default::default()
+        };
+        assert!(mismatched.apply(&mut o).is_err());
+    }
+
+    /// The browser's option names (camelCase, `lr`, `lrScheduler`) read straight into overrides.
+    #[test]
+    fn browser_option_names_deserialize() {
+        let o: OptionOverrides = serde_json::from_str(
+            r#"{"lr": 0.001, "lrScheduler": "Cosine", "batchSize": 4, "maxSteps": 3,
+                "loss": ["sigmoid", "bco_pair"], "lossWeights": [0.8, 0.2],
+                "labelSmoothing": 0.1, "fDivergenceType": "js_divergence", "ldAlpha": 0.5,
+                "useWeighting": true, "discopopTau": 0.1, "fAlphaDivergenceCoef": 0.5}"#,
+        )
+        .unwrap();
+        let mut options = TrainOptions::default();
+        o.apply(&mut options).unwrap();
+        assert_eq!(options.learning_rate, 0.001);
+        assert_eq!(options.lr_schedule, LrSchedule::Cosine);
+        assert_eq!(options.loss.losses[1].loss, PreferenceLoss::BcoPair);
+        assert_eq!(options.loss.f_divergence_type, FDivergence::JsDivergence);
+        assert_eq!(options.loss.ld_alpha, Some(0.5));
+        assert!(options.loss.use_weighting);
+        assert!(serde_json::from_str::<OptionOverrides>(r#"{"loss": ["dpo"]}"#).is_err());
     }
 }

@@ -70,7 +70,7 @@ pub fn check_settings(
     lora: Option<&LoraRequest>,
 ) -> Result<()> {
     let mut options = TrainOptions::defaults_for(task);
-    overrides.apply(&mut options);
+    overrides.apply(&mut options)?;
     options.validate(task)?;
     if let Some(request) = lora {
         LoraSettings::new(
@@ -282,7 +282,7 @@ impl Run {
                 } else {
                     TrainOptions::defaults_for(task)
                 };
-                spec.overrides.apply(&mut options);
+                spec.overrides.apply(&mut options)?;
                 options
             }
         };

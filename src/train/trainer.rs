@@ -22,7 +22,9 @@ use super::options::TrainOptions;
 use super::sft::{SftMetrics, sft_loss};
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
-use crate::model::scoring::{ScoringBatch, score_completions};
+use crate::model::scoring::{
+    ScoreOptions, ScoringBatch, score_completions, score_completions_with,
+};
 use crate::text::collate::{collate_completions, collate_pairs};
 use crate::text::tokenize::{TokenizedCompletion, TokenizedPair};
 
@@ -281,12 +283,38 @@ impl Trainer {
                 let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &set[i]).collect();
                 let batch = collate_pairs(&pairs, max_length, self.pad_id);
                 let tokens = batch.scored_tokens_per_row();
+                let score = ScoreOptions {
+                    token_weights: self
+                        .options
+                        .loss
+                        .ld_alpha
+                        .map(|alpha| ld_token_weights(&batch, alpha)),
+                    aligned: false,
+                };
                 let (chosen_tokens, rejected_tokens) =
                     (tokens[..n].iter().sum(), tokens[n..].iter().sum());
-                let (ref_chosen, ref_rejected, fresh) =
-                    reference_logps(reference, ref_logps, split, indices, &batch, &self.device);
-                let scores = score_completions(policy, &batch, &self.device);
-                let out = dpo_loss(scores, ref_chosen, ref_rejected, n, self.options.beta);
+                let (ref_chosen, ref_rejected, fresh) = reference_logps(
+                    reference,
+                    ref_logps,
+                    split,
+                    indices,
+                    &batch,
+                    &score,
+                    &self.device,
+                );
+                let policy_score = ScoreOptions {
+                    aligned: self.options.loss.use_weighting,
+                    ..score
+                };
+                let scores = score_completions_with(policy, &batch, &policy_score, &self.device);
+                let out = dpo_loss(
+                    scores,
+                    ref_chosen,
+                    ref_rejected,
+                    &batch,
+                    &self.options.loss,
+                    self.options.beta,
+                );
                 let metrics = Box::new(move |data: &[Vec<f32>]| {
                     Metrics::Dpo(DpoMetrics::from_stats(
                         &data[0],
@@ -447,6 +475,28 @@ struct Fresh {
     logps: Tensor<1>,
 }
 
+/// LD-DPO's weight of each scored token of a pair batch: 1 within the length of the shorter of
+/// the pair's two completions, `alpha` past it.
+fn ld_token_weights(batch: &ScoringBatch, alpha: f64) -> Vec<f32> {
+    let pairs = batch.rows / 2;
+    let lengths = batch.scored_tokens_per_row();
+    let mut seen = vec![0usize; batch.rows];
+    batch
+        .scored
+        .iter()
+        .map(|&(row, _)| {
+            seen[row] += 1;
+            let pair = row % pairs;
+            let shared = lengths[pair].min(lengths[pair + pairs]);
+            if seen[row] <= shared {
+                1.0
+            } else {
+                alpha as f32
+            }
+        })
+        .collect()
+}
+
 /// Reference log-probs of `indices` as device tensors (chosen, rejected), plus what to read back
 /// into the cache when they were not cached yet.
 fn reference_logps(
@@ -455,6 +505,7 @@ fn reference_logps(
     split: Split,
     indices: &[usize],
     batch: &ScoringBatch,
+    score: &ScoreOptions,
     device: &Device,
 ) -> (Tensor<1>, Tensor<1>, Option<Fresh>) {
     let n = indices.len();
@@ -471,7 +522,7 @@ fn reference_logps(
             (column(|v| v.0), column(|v| v.1), None)
         }
         None => {
-            let logps = score_completions(reference, batch, device).logps;
+            let logps = score_completions_with(reference, batch, score, device).logps;
             (
                 logps.clone().narrow(0, 0, n),
                 logps.clone().narrow(0, n, n),

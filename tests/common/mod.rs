@@ -81,3 +81,30 @@ pub fn assert_close(what: &str, actual: f64, expected: f64, rel: f64, abs: f64) 
         err / expected.abs().max(1e-30)
     );
 }
+
+/// The largest absolute difference between `model`'s weights and a safetensors file of the same
+/// tensor names (for example weights TRL saved after a step).
+pub fn worst_weight_difference(model: &dpo_wgpu::model::CausalLm, path: &Path) -> f64 {
+    use dpo_wgpu::io::safetensors::{FileBytes, SafetensorsSource};
+    use dpo_wgpu::model::weights::WeightSource;
+    let theirs = SafetensorsSource::new(
+        "theirs",
+        vec![("theirs".into(), FileBytes::map(path).unwrap())],
+    )
+    .unwrap();
+    let ours = pollster::block_on(dpo_wgpu::io::bundle::export_weights(model)).unwrap();
+    let ours = SafetensorsSource::new(
+        "ours",
+        vec![("ours".into(), FileBytes::Owned(ours.to_bytes().unwrap()))],
+    )
+    .unwrap();
+    let mut worst: f64 = 0.0;
+    for name in theirs.names() {
+        let (a, b) = (ours.read(name).unwrap(), theirs.read(name).unwrap());
+        assert_eq!(a.shape, b.shape, "{name}");
+        for (x, y) in a.data.iter().zip(&b.data) {
+            worst = worst.max((*x as f64 - *y as f64).abs());
+        }
+    }
+    worst
+}

@@ -428,11 +428,17 @@ impl GgufFile {
                 ggml_type_name(t.ggml_type)
             )));
         }
-        let nbytes = t
-            .dims
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .and_then(|n| (n / block_elems).checked_mul(block_bytes));
+        let elements = t.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if let Some(n) = elements
+            && n % block_elems != 0
+        {
+            return Err(err(format!(
+                "{n} elements (shape {:?}) are not whole {block_elems}-element blocks of {}",
+                t.dims,
+                ggml_type_name(t.ggml_type)
+            )));
+        }
+        let nbytes = elements.and_then(|n| (n / block_elems).checked_mul(block_bytes));
         let start = self.data_start.checked_add(t.offset);
         let data = self.bytes.as_ref();
         match (start, nbytes) {
