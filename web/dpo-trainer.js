@@ -90,7 +90,9 @@
  *               "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero",
  *               "apo_down", "discopop", "sft", "sigmoid_norm"; lossWeights (same length, default 1
  *               each), labelSmoothing, discopopTau, fDivergenceType ("reverse_kl" | "forward_kl" |
- *               "js_divergence" | "alpha_divergence"), fAlphaDivergenceCoef, ldAlpha, useWeighting
+ *               "js_divergence" | "alpha_divergence"), fAlphaDivergenceCoef, ldAlpha, useWeighting;
+ *               or alone a reference-free method, "simpo" (simpoGamma, default 0.5) or "orpo"
+ *               (beta is its λ): no reference model is used
  *   loraRank    train LoRA adapters of this rank instead of every weight (the frozen base is the
  *               DPO reference); loraAlpha (default 2 * rank), loraTargets (default ["q_proj",
  *               "v_proj"], GPT-2 ["c_attn"]); mergeLora: exportModel returns the merged model

@@ -51,7 +51,8 @@ pub struct TrainArgs {
 pub struct LossArgs {
     /// Preference losses, comma-separated to combine (TRL's loss_type): sigmoid (DPO), hinge,
     /// ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero,
-    /// apo_down, discopop, sft, sigmoid_norm.
+    /// apo_down, discopop, sft, sigmoid_norm; or alone, a reference-free method: simpo
+    /// (TRL's CPOTrainer, cpo_alpha 0) or orpo (TRL's ORPOTrainer; --beta is its λ).
     #[arg(long, value_delimiter = ',')]
     pub loss: Option<Vec<PreferenceLoss>>,
     /// Weights of the losses in --loss (default 1 each); MPO: sigmoid,bco_pair,sft with 0.8,0.2,1.0.
@@ -75,6 +76,9 @@ pub struct LossArgs {
     /// WPO: weight each pair by its completions' probabilities under the policy.
     #[arg(long)]
     pub use_weighting: bool,
+    /// SimPO's target reward margin γ (default 0.5).
+    #[arg(long)]
+    pub simpo_gamma: Option<f64>,
 }
 
 impl LossArgs {
@@ -88,6 +92,7 @@ impl LossArgs {
         o.f_alpha_divergence_coef = self.f_alpha_divergence_coef;
         o.ld_alpha = self.ld_alpha;
         o.use_weighting = self.use_weighting.then_some(true);
+        o.simpo_gamma = self.simpo_gamma;
     }
 }
 

@@ -109,7 +109,8 @@ mod cli {
             return Err(Error::setting("output", "required with --model"));
         }
         let overrides = args.overrides(dpo);
-        check_settings(task, &overrides, args.lora().as_ref())?;
+        let explicit_reference = dpo.is_some_and(|d| d.ref_model.is_some());
+        check_settings(task, &overrides, args.lora().as_ref(), explicit_reference)?;
         let output = args.output.clone().unwrap_or_else(|| "runs/demo".into());
         let staging = Staging::begin(&output, args.resume_from.as_deref())?;
         let selected = device(args.backend)?;
@@ -230,7 +231,7 @@ mod cli {
             ..OptionOverrides::default()
         };
         args.loss.fill(&mut overrides);
-        check_settings(Task::Dpo, &overrides, None)?;
+        check_settings(Task::Dpo, &overrides, None, args.ref_model.is_some())?;
         let data = read_jsonl(&args.data)?;
         let selected = device(args.backend)?;
         let device = &selected.device;

@@ -108,6 +108,16 @@ pub fn step(r: &StepReport) {
             "{head} | loss {:.4} | acc {:.3} | margin {:+.4} | chosen {:+.4} | rejected {:+.4} | {tail}",
             m.loss, m.rewards_accuracies, m.rewards_margins, m.rewards_chosen, m.rewards_rejected
         ),
+        Metrics::ReferenceFree(m) => println!(
+            "{head} | loss {:.4} | acc {:.3} | margin {:+.4} | chosen {:+.4} | rejected {:+.4} | \
+             nll {:.4} | {tail}",
+            m.loss,
+            m.rewards_accuracies,
+            m.rewards_margins,
+            m.rewards_chosen,
+            m.rewards_rejected,
+            m.nll_loss
+        ),
         Metrics::Sft(m) => println!(
             "{head} | loss {:.4} | token acc {:.3} | entropy {:.3} | {tail}",
             m.loss, m.mean_token_accuracy, m.entropy
@@ -129,6 +139,11 @@ pub fn eval(label: &str, step: usize, m: &Metrics) {
              logps chosen {:.3} rejected {:.3}",
             m.loss, m.rewards_accuracies, m.rewards_margins, m.logps_chosen, m.logps_rejected
         ),
+        Metrics::ReferenceFree(m) => println!(
+            "{label} (step {step}) | eval loss {:.4} | reward accuracy {:.3} | margin {:+.4} | \
+             mean logps chosen {:.3} rejected {:.3}",
+            m.loss, m.rewards_accuracies, m.rewards_margins, m.logps_chosen, m.logps_rejected
+        ),
         Metrics::Sft(m) => println!(
             "{label} (step {step}) | eval loss {:.4} | token accuracy {:.3}",
             m.loss, m.mean_token_accuracy
@@ -141,10 +156,13 @@ pub fn outcome(o: &Outcome) {
     if let Some((mean, steps)) = o.steady_step_seconds() {
         eprintln!("{mean:.3} s/step (mean of steps 2..{})", steps + 1);
     }
-    if let (Some(Metrics::Dpo(b)), Some(Metrics::Dpo(a))) = (o.before, o.after) {
+    if let (Some(b), Some(a)) = (o.before, o.after)
+        && let (Some((before, _)), Some((after, _))) = (b.rewards(), a.rewards())
+    {
         eprintln!(
-            "held-out reward accuracy {:.3} -> {:.3}, loss {:.4} -> {:.4}",
-            b.rewards_accuracies, a.rewards_accuracies, b.loss, a.loss
+            "held-out reward accuracy {before:.3} -> {after:.3}, loss {:.4} -> {:.4}",
+            b.loss(),
+            a.loss()
         );
     }
 }

@@ -65,6 +65,17 @@ pub struct LlamaConfig {
     /// Qwen2: sliding-window attention (refused when on).
     #[serde(default)]
     pub use_sliding_window: bool,
+    /// transformers builds the embedding with `padding_idx=pad_token_id`: that row never gets a
+    /// gradient. (A list or anything else than an id is treated as no pad token.)
+    #[serde(default, deserialize_with = "token_id_or_none")]
+    pub pad_token_id: Option<u32>,
+}
+
+fn token_id_or_none<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u32>, D::Error> {
+    let value = Value::deserialize(d)?;
+    Ok(value.as_u64().and_then(|n| u32::try_from(n).ok()))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

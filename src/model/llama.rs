@@ -140,7 +140,17 @@ impl Llama {
         let (cos, sin) =
             rotary_tables(cache.len(), seq, head_dim, &self.config.inv_freq(), &device);
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let mut x = self.embed_tokens.forward(input_ids);
+        let mut x = self.embed_tokens.forward(input_ids.clone());
+        if let Some(pad) = self.config.pad_token_id {
+            // `nn.Embedding(padding_idx=pad_token_id)`: the pad row (often also BOS or EOS)
+            // receives no gradient in transformers, so it gets none here either.
+            let dims = x.dims();
+            let is_pad = input_ids
+                .equal_elem(pad as i64)
+                .unsqueeze_dim::<3>(2)
+                .expand(dims);
+            x = x.clone().mask_where(is_pad, x.detach());
+        }
         for (index, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
             let q = split_heads(layer.q_proj.forward(h.clone()), heads);

@@ -30,6 +30,9 @@ pub struct ScoreOptions {
     pub token_weights: Option<Vec<f32>>,
     /// Also Σ (log p(token) − log Σ_v p_v²) per row, detached (WPO's aligned log-probs).
     pub aligned: bool,
+    /// Also Σ over the first `n` positions of each row (padding included) of the mean logit over
+    /// the vocabulary, detached: TRL's CPO/ORPO `logits/*` average the whole logits tensor.
+    pub position_logit_sums: Option<usize>,
 }
 
 impl ScoringBatch {
@@ -58,6 +61,8 @@ pub struct RowScores {
     pub top1_hits: Tensor<1>,
     /// Σ of the predictive entropy at each completion token, `[rows]`. Detached.
     pub entropy_sums: Tensor<1>,
+    /// With `ScoreOptions::position_logit_sums`: `[rows]`, detached.
+    pub position_logit_sums: Option<Tensor<1>>,
 }
 
 /// Most logits elements materialized at once. 16 Mi f32 = 64 MiB stays under the smallest storage
@@ -80,6 +85,19 @@ pub fn score_completions_with(
     let input = token_tensor(&batch.input_ids, batch.rows, batch.seq_len, device);
     let hidden = model.hidden_states(input, &batch.padding);
     let [rows, seq, d_model] = hidden.dims();
+    // The head is linear without bias, so the mean logit at a position is its hidden state times
+    // the mean of the head's rows: no `[positions, vocab]` logits are needed.
+    let position_logit_sums = options.position_logit_sums.map(|n| {
+        let summed = hidden
+            .clone()
+            .detach()
+            .narrow(1, 0, n.min(seq))
+            .sum_dim(1)
+            .reshape([rows, d_model]);
+        summed
+            .matmul(model.lm_head().detach().mean_dim(0).reshape([d_model, 1]))
+            .reshape([rows])
+    });
     let n = batch.scored.len();
     if n == 0 {
         let zeros = Tensor::<1>::zeros([rows], device);
@@ -90,6 +108,7 @@ pub fn score_completions_with(
             mean_logit_sums: zeros.clone(),
             top1_hits: zeros.clone(),
             entropy_sums: zeros,
+            position_logit_sums,
         };
     }
     let flat_positions: Vec<i32> = batch
@@ -165,5 +184,6 @@ pub fn score_completions_with(
         mean_logit_sums: per_row(mean_logits),
         top1_hits: per_row(hits),
         entropy_sums: per_row(entropies),
+        position_logit_sums,
     }
 }

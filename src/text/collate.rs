@@ -1,7 +1,7 @@
 //! Tokenized rows to batches, as TRL's collators build them: prompt + completion cut to
 //! `max_length` keeping the start, right-padded, with the completion positions scored.
 
-use super::tokenize::{TokenizedCompletion, TokenizedPair};
+use super::tokenize::{SplitPair, TokenizedCompletion, TokenizedPair};
 use crate::model::attention::PaddingMask;
 use crate::model::scoring::ScoringBatch;
 
@@ -23,6 +23,21 @@ pub fn collate_pairs(
         )
         .collect();
     collate(&sequences, max_length, pad_id)
+}
+
+/// Collate pairs tokenized per answer (CPO/ORPO) as `DPODataCollatorWithPadding` +
+/// `concatenated_inputs` do: all chosen rows, then all rejected rows, right padded.
+pub fn collate_split_pairs(
+    pairs: &[&SplitPair],
+    max_length: Option<usize>,
+    pad_id: u32,
+) -> ScoringBatch {
+    let rows: Vec<&TokenizedCompletion> = pairs
+        .iter()
+        .map(|p| &p.chosen)
+        .chain(pairs.iter().map(|p| &p.rejected))
+        .collect();
+    collate_completions(&rows, max_length, pad_id)
 }
 
 /// Collate SFT sequences.

@@ -154,3 +154,111 @@ pub fn tokenize_sft(
         rows,
     })
 }
+
+/// A pair as TRL's CPO and ORPO trainers tokenize it (the pre-1.0 DPO tokenization they kept):
+/// each answer is `prompt + answer` with its own prompt split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitPair {
+    pub chosen: TokenizedCompletion,
+    pub rejected: TokenizedCompletion,
+}
+
+fn char_prefix_len(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(a.len().min(b.len()), |((i, _), _)| i)
+}
+
+/// `(prompt, chosen, rejected)` as text: conversations rendered as TRL's
+/// `maybe_apply_chat_template` does (the prompt is the rendered prompt's common prefix with both
+/// rendered conversations; each answer is what follows it).
+fn pair_texts(
+    tokenizer: &TextTokenizer,
+    pair: &PreferencePair,
+) -> Result<(String, String, String)> {
+    match (&pair.prompt, &pair.chosen, &pair.rejected) {
+        (Content::Text(p), Content::Text(c), Content::Text(r)) => {
+            Ok((p.clone(), c.clone(), r.clone()))
+        }
+        (Content::Messages(p), Content::Messages(c), Content::Messages(r)) => {
+            let mut prompt = chat::render(tokenizer, p, true)?;
+            let conversation = |answer: &[Message]| {
+                let all: Vec<Message> = p.iter().chain(answer).cloned().collect();
+                chat::render(tokenizer, &all, false)
+            };
+            let (chosen, rejected) = (conversation(c)?, conversation(r)?);
+            prompt.truncate(char_prefix_len(&prompt, &chosen));
+            prompt.truncate(char_prefix_len(&prompt, &rejected));
+            let (c, r) = (
+                chosen[prompt.len()..].to_string(),
+                rejected[prompt.len()..].to_string(),
+            );
+            Ok((prompt, c, r))
+        }
+        _ => unreachable!("kinds checked when parsing"),
+    }
+}
+
+/// One answer as `build_tokenized_answer`: `enc(prompt + answer)` split where `enc(prompt)` ends,
+/// one token earlier when the tokenizer merged across the boundary.
+fn split_answer(
+    tokenizer: &TextTokenizer,
+    prompt: &str,
+    answer: &str,
+) -> Result<TokenizedCompletion> {
+    let full = tokenizer.encode_with(&format!("{prompt}{answer}"), false)?;
+    let prompt_ids = tokenizer.encode_with(prompt, false)?;
+    let mut start = prompt_ids.len().min(full.len());
+    if full[..start] != prompt_ids[..] {
+        start = start.saturating_sub(1);
+    }
+    Ok(TokenizedCompletion {
+        prompt_ids: full[..start].to_vec(),
+        completion_ids: full[start..].to_vec(),
+    })
+}
+
+/// Tokenize as TRL's `CPOTrainer`/`ORPOTrainer.tokenize_row`: each answer split from its prompt
+/// as `build_tokenized_answer` does, BOS put before each prompt and EOS after each answer unless
+/// already there, answers cut so that prompt + answer fits `max_length`. TRL keeps a pair whose
+/// prompt alone fills `max_length` with an empty answer (a NaN mean log-prob); it is dropped here.
+pub fn tokenize_split_pairs(
+    pairs: &[PreferencePair],
+    tokenizer: &TextTokenizer,
+    max_length: Option<usize>,
+) -> Result<Tokenized<SplitPair>> {
+    let bos = tokenizer.bos_id();
+    let mut rows = Vec::with_capacity(pairs.len());
+    let mut dropped = 0;
+    for pair in pairs {
+        let (prompt, chosen, rejected) = pair_texts(tokenizer, pair)?;
+        let mut answers = [
+            split_answer(tokenizer, &prompt, &chosen)?,
+            split_answer(tokenizer, &prompt, &rejected)?,
+        ];
+        let mut fits = true;
+        for answer in &mut answers {
+            if let Some(bos) = bos
+                && answer.prompt_ids.first() != Some(&bos)
+            {
+                answer.prompt_ids.insert(0, bos);
+            }
+            if answer.completion_ids.last() != Some(&tokenizer.eos_id) {
+                answer.completion_ids.push(tokenizer.eos_id);
+            }
+            if let Some(max) = max_length {
+                let room = max.saturating_sub(answer.prompt_ids.len());
+                answer.completion_ids.truncate(room);
+            }
+            fits &= !answer.completion_ids.is_empty();
+        }
+        if !fits {
+            dropped += 1;
+            continue;
+        }
+        let [chosen, rejected] = answers;
+        rows.push(SplitPair { chosen, rejected });
+    }
+    Ok(Tokenized { rows, dropped })
+}

@@ -77,7 +77,7 @@ impl TextTokenizer {
             )
         })?;
         // TRL pads with the pad token, or EOS when there is none; padded positions are never
-        // scored, so the choice cannot change a number.
+        // scored (only the CPO/ORPO `logits/*` metrics average over them).
         let pad_id = special("pad_token")
             .and_then(|t| inner.token_to_id(&t))
             .unwrap_or(eos_id);
@@ -116,6 +116,13 @@ impl TextTokenizer {
             .encode(text, add_special_tokens)
             .map_err(|e| Error::Invalid(format!("tokenizing {text:?}: {e}")))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The BOS token's id, when the tokenizer has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_token
+            .as_deref()
+            .and_then(|t| self.inner.token_to_id(t))
     }
 
     pub fn decode_skipping_special(&self, ids: &[u32]) -> Result<String> {

@@ -48,6 +48,12 @@ pub enum PreferenceLoss {
     Sft,
     /// DPO on log-ratios averaged per token.
     SigmoidNorm,
+    /// SimPO (Meng et al. 2024), reference-free: TRL's `CPOTrainer` with `loss_type="simpo"`,
+    /// `cpo_alpha=0`. Formula and metrics in `reference_free.rs`.
+    Simpo,
+    /// ORPO (Hong et al. 2024), reference-free: TRL's `ORPOTrainer`. Formula and metrics in
+    /// `reference_free.rs`.
+    Orpo,
 }
 
 pub const ALL_LOSSES: [PreferenceLoss; 15] = [
@@ -68,7 +74,15 @@ pub const ALL_LOSSES: [PreferenceLoss; 15] = [
     PreferenceLoss::SigmoidNorm,
 ];
 
+/// The reference-free methods: trained alone, with no reference model loaded.
+pub const REFERENCE_FREE_LOSSES: [PreferenceLoss; 2] =
+    [PreferenceLoss::Simpo, PreferenceLoss::Orpo];
+
 impl PreferenceLoss {
+    pub fn is_reference_free(self) -> bool {
+        REFERENCE_FREE_LOSSES.contains(&self)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PreferenceLoss::Sigmoid => "sigmoid",
@@ -86,6 +100,8 @@ impl PreferenceLoss {
             PreferenceLoss::Discopop => "discopop",
             PreferenceLoss::Sft => "sft",
             PreferenceLoss::SigmoidNorm => "sigmoid_norm",
+            PreferenceLoss::Simpo => "simpo",
+            PreferenceLoss::Orpo => "orpo",
         }
     }
 
@@ -105,9 +121,14 @@ impl FromStr for PreferenceLoss {
         let name = s.trim().to_ascii_lowercase();
         ALL_LOSSES
             .into_iter()
+            .chain(REFERENCE_FREE_LOSSES)
             .find(|l| l.as_str() == name)
             .ok_or_else(|| {
-                let names: Vec<&str> = ALL_LOSSES.iter().map(|l| l.as_str()).collect();
+                let names: Vec<&str> = ALL_LOSSES
+                    .iter()
+                    .chain(&REFERENCE_FREE_LOSSES)
+                    .map(|l| l.as_str())
+                    .collect();
                 Error::setting(
                     "loss",
                     format!("unknown loss `{s}` (one of {})", names.join(", ")),
@@ -188,6 +209,10 @@ fn one() -> f64 {
     1.0
 }
 
+fn default_simpo_gamma() -> f64 {
+    0.5
+}
+
 /// The loss settings of `DPOConfig` (TRL's defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LossOptions {
@@ -208,6 +233,9 @@ pub struct LossOptions {
     /// WPO (Zhou et al. 2024): weight each pair by its completions' (aligned) probabilities.
     #[serde(default)]
     pub use_weighting: bool,
+    /// SimPO's target reward margin γ (TRL's `simpo_gamma`).
+    #[serde(default = "default_simpo_gamma")]
+    pub simpo_gamma: f64,
 }
 
 impl Default for LossOptions {
@@ -220,6 +248,7 @@ impl Default for LossOptions {
             f_alpha_divergence_coef: 1.0,
             ld_alpha: None,
             use_weighting: false,
+            simpo_gamma: default_simpo_gamma(),
         }
     }
 }
@@ -227,6 +256,55 @@ impl Default for LossOptions {
 impl LossOptions {
     pub fn uses(&self, loss: PreferenceLoss) -> bool {
         self.losses.iter().any(|t| t.loss == loss)
+    }
+
+    /// SimPO or ORPO: no reference model, TRL's CPO/ORPO tokenization and metrics.
+    pub fn reference_free(&self) -> Option<PreferenceLoss> {
+        self.losses
+            .iter()
+            .map(|t| t.loss)
+            .find(|l| l.is_reference_free())
+    }
+
+    /// What a reference-free method cannot be combined with (it has its own trainer in TRL).
+    fn validate_reference_free(&self, method: PreferenceLoss) -> Result<(), Error> {
+        let refuse = |field: &str, what: &str| {
+            Err(Error::setting(
+                field,
+                format!(
+                    "{what} does not apply to {method}: TRL trains it with its own trainer                      ({}), which has no such option",
+                    if method == PreferenceLoss::Simpo {
+                        "CPOTrainer"
+                    } else {
+                        "ORPOTrainer"
+                    }
+                ),
+            ))
+        };
+        if self.losses.len() > 1 {
+            return Err(Error::setting(
+                "loss",
+                format!(
+                    "{method} is a reference-free method and is trained alone; it cannot be                      combined with other losses"
+                ),
+            ));
+        }
+        if self.losses[0].weight != 1.0 {
+            return refuse("loss_weights", "a loss weight");
+        }
+        if self.f_divergence_type != FDivergence::ReverseKl {
+            return refuse("f_divergence_type", "an f-divergence");
+        }
+        if self.ld_alpha.is_some() {
+            return refuse("ld_alpha", "LD-DPO's ld_alpha");
+        }
+        if self.use_weighting {
+            return refuse("use_weighting", "WPO weighting");
+        }
+        if method == PreferenceLoss::Orpo && self.label_smoothing != 0.0 {
+            return refuse("label_smoothing", "label smoothing");
+        }
+        Ok(())
     }
 
     /// The combinations TRL accepts, with TRL's reasons for the others.
@@ -248,6 +326,15 @@ impl LossOptions {
                 "label_smoothing",
                 format!("{eps} is not valid (must be in [0, 0.5))"),
             ));
+        }
+        if !self.simpo_gamma.is_finite() {
+            return Err(Error::setting(
+                "simpo_gamma",
+                format!("{} is not valid (must be finite)", self.simpo_gamma),
+            ));
+        }
+        if let Some(method) = self.reference_free() {
+            return self.validate_reference_free(method);
         }
         if self.uses(PreferenceLoss::ExoPair) && eps == 0.0 {
             return Err(Error::setting(
@@ -360,6 +447,9 @@ pub fn preference_loss(inputs: &PairInputs, options: &LossOptions, beta: f64) ->
             PreferenceLoss::Discopop => discopop(&r, options.discopop_tau),
             PreferenceLoss::Sft => sft(&r, inputs),
             PreferenceLoss::SigmoidNorm => sigmoid_norm(&r, inputs),
+            PreferenceLoss::Simpo | PreferenceLoss::Orpo => {
+                unreachable!("validated: reference-free methods go through reference_free.rs")
+            }
         };
         let per_pair = match &inputs.pair_weights {
             Some(w) => per_pair * w.clone(),

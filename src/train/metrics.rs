@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::dpo::DpoMetrics;
+use super::reference_free::ReferenceFreeMetrics;
 use super::sft::SftMetrics;
 
 /// Metrics of a step or an evaluation, under TRL's names when serialized.
@@ -11,6 +12,8 @@ use super::sft::SftMetrics;
 #[serde(untagged)]
 pub enum Metrics {
     Dpo(DpoMetrics),
+    /// SimPO and ORPO (no reference model).
+    ReferenceFree(ReferenceFreeMetrics),
     Sft(SftMetrics),
 }
 
@@ -18,6 +21,7 @@ impl Metrics {
     pub fn loss(&self) -> f64 {
         match self {
             Metrics::Dpo(m) => m.loss,
+            Metrics::ReferenceFree(m) => m.loss,
             Metrics::Sft(m) => m.loss,
         }
     }
@@ -25,6 +29,15 @@ impl Metrics {
     pub fn dpo(&self) -> Option<&DpoMetrics> {
         match self {
             Metrics::Dpo(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Reward accuracy and margin, for every preference method.
+    pub fn rewards(&self) -> Option<(f64, f64)> {
+        match self {
+            Metrics::Dpo(m) => Some((m.rewards_accuracies, m.rewards_margins)),
+            Metrics::ReferenceFree(m) => Some((m.rewards_accuracies, m.rewards_margins)),
             Metrics::Sft(_) => None,
         }
     }

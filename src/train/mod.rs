@@ -9,6 +9,7 @@ pub mod losses;
 pub mod metrics;
 pub mod optim;
 pub mod options;
+pub mod reference_free;
 pub mod run;
 pub mod sft;
 pub mod trainer;

@@ -234,6 +234,7 @@ pub struct OptionOverrides {
     pub f_alpha_divergence_coef: Option<f64>,
     pub ld_alpha: Option<f64>,
     pub use_weighting: Option<bool>,
+    pub simpo_gamma: Option<f64>,
 }
 
 impl OptionOverrides {
@@ -310,6 +311,9 @@ impl OptionOverrides {
         }
         if let Some(v) = self.use_weighting {
             l.use_weighting = v;
+        }
+        if let Some(v) = self.simpo_gamma {
+            l.simpo_gamma = v;
         }
         Ok(())
     }

@@ -28,7 +28,7 @@ use crate::model::config::Family;
 use crate::model::lora::{self, LoraSettings};
 use crate::model::weights::WithParamIds;
 use crate::text::rows::Jsonl;
-use crate::text::tokenize::{tokenize_pairs, tokenize_sft};
+use crate::text::tokenize::{tokenize_pairs, tokenize_sft, tokenize_split_pairs};
 use crate::text::tokenizer::TextTokenizer;
 
 /// Fresh LoRA adapters: PEFT's defaults fill what is `None`.
@@ -68,10 +68,14 @@ pub fn check_settings(
     task: Task,
     overrides: &OptionOverrides,
     lora: Option<&LoraRequest>,
+    explicit_reference: bool,
 ) -> Result<()> {
     let mut options = TrainOptions::defaults_for(task);
     overrides.apply(&mut options)?;
     options.validate(task)?;
+    if explicit_reference {
+        refuse_reference(&options)?;
+    }
     if let Some(request) = lora {
         LoraSettings::new(
             request.rank,
@@ -82,6 +86,17 @@ pub fn check_settings(
         .validate()?;
     }
     Ok(())
+}
+
+/// SimPO and ORPO load no reference model, so naming one is a mistake worth reporting.
+fn refuse_reference(options: &TrainOptions) -> Result<()> {
+    match options.loss.reference_free() {
+        Some(method) => Err(Error::setting(
+            "ref_model",
+            format!("{method} is reference-free: it uses no reference model"),
+        )),
+        None => Ok(()),
+    }
 }
 
 impl RunSpec {
@@ -296,6 +311,10 @@ impl Run {
             None
         };
         options.validate(task)?;
+        if spec.reference.is_some() {
+            refuse_reference(&options)?;
+        }
+        let reference_free = task == Task::Dpo && options.loss.reference_free().is_some();
 
         let ModelBundle {
             config,
@@ -359,9 +378,9 @@ impl Run {
         let source = |jsonl: Option<&Jsonl>, demo_name: &str| {
             jsonl.map_or_else(|| demo_name.to_string(), |j| j.source.clone())
         };
-        let train = train_rows.tokenize(&tokenizer, options.max_length)?;
+        let train = train_rows.tokenize(&tokenizer, options.max_length, reference_free)?;
         let eval = eval_rows
-            .map(|rows| rows.tokenize(&tokenizer, options.max_length))
+            .map(|rows| rows.tokenize(&tokenizer, options.max_length, reference_free))
             .transpose()?;
         let train_summary = train.summary(source(spec.rows.as_ref(), demo_label));
         let eval_summary = eval
@@ -394,6 +413,13 @@ impl Run {
                     _ => Vec::new(),
                 },
                 reference: spec.reference.unwrap_or_else(|| origin.valid()),
+            },
+            (Tokenized::SplitPairs(train, _), eval) => TaskData::ReferenceFree {
+                train,
+                eval: match eval {
+                    Some(Tokenized::SplitPairs(eval, _)) => eval,
+                    _ => Vec::new(),
+                },
             },
             (Tokenized::Sft(train, _), eval) => TaskData::Sft {
                 train,
@@ -517,6 +543,8 @@ enum Rows {
 /// Tokenized examples and how many were dropped.
 enum Tokenized {
     Pairs(Vec<crate::text::tokenize::TokenizedPair>, usize),
+    /// Tokenized per answer, as TRL's CPO/ORPO trainers do (SimPO, ORPO).
+    SplitPairs(Vec<crate::text::tokenize::SplitPair>, usize),
     Sft(Vec<crate::text::tokenize::TokenizedCompletion>, usize),
 }
 
@@ -528,8 +556,17 @@ impl Rows {
         })
     }
 
-    fn tokenize(self, tokenizer: &TextTokenizer, max_length: Option<usize>) -> Result<Tokenized> {
+    fn tokenize(
+        self,
+        tokenizer: &TextTokenizer,
+        max_length: Option<usize>,
+        reference_free: bool,
+    ) -> Result<Tokenized> {
         Ok(match self {
+            Rows::Pairs(rows) if reference_free => {
+                let set = tokenize_split_pairs(&rows, tokenizer, max_length)?;
+                Tokenized::SplitPairs(set.rows, set.dropped)
+            }
             Rows::Pairs(rows) => {
                 let set = tokenize_pairs(&rows, tokenizer, max_length)?;
                 Tokenized::Pairs(set.rows, set.dropped)
@@ -546,6 +583,7 @@ impl Tokenized {
     fn summary(&self, source: String) -> DataSummary {
         let (kept, dropped) = match self {
             Tokenized::Pairs(rows, dropped) => (rows.len(), *dropped),
+            Tokenized::SplitPairs(rows, dropped) => (rows.len(), *dropped),
             Tokenized::Sft(rows, dropped) => (rows.len(), *dropped),
         };
         DataSummary {

@@ -16,17 +16,19 @@ use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
 use super::dpo::{DpoMetrics, dpo_loss};
+use super::losses::PreferenceLoss;
 use super::metrics::{Metrics, MetricsAccumulator, StepReport};
 use super::optim::{ParamInfo, build_optimizer, clip_grad_norm, param_infos};
 use super::options::TrainOptions;
+use super::reference_free::{ReferenceFreeMetrics, prepare, reference_free_loss};
 use super::sft::{SftMetrics, sft_loss};
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
 use crate::model::scoring::{
     ScoreOptions, ScoringBatch, score_completions, score_completions_with,
 };
-use crate::text::collate::{collate_completions, collate_pairs};
-use crate::text::tokenize::{TokenizedCompletion, TokenizedPair};
+use crate::text::collate::{collate_completions, collate_pairs, collate_split_pairs};
+use crate::text::tokenize::{SplitPair, TokenizedCompletion, TokenizedPair};
 
 /// Training and evaluation examples, and what is learned from them. (Which model is the
 /// reference is decided in `run.rs`.)
@@ -40,6 +42,11 @@ pub enum TaskData {
     Sft {
         train: Vec<TokenizedCompletion>,
         eval: Vec<TokenizedCompletion>,
+    },
+    /// SimPO or ORPO (`options.loss`): pairs tokenized per answer, no reference model.
+    ReferenceFree {
+        train: Vec<SplitPair>,
+        eval: Vec<SplitPair>,
     },
 }
 
@@ -55,6 +62,11 @@ enum Objective {
     Sft {
         train: Vec<TokenizedCompletion>,
         eval: Vec<TokenizedCompletion>,
+    },
+    ReferenceFree {
+        train: Vec<SplitPair>,
+        eval: Vec<SplitPair>,
+        method: PreferenceLoss,
     },
 }
 
@@ -108,6 +120,7 @@ impl Trainer {
         let train_len = match &task {
             TaskData::Dpo { train, .. } => train.len(),
             TaskData::Sft { train, .. } => train.len(),
+            TaskData::ReferenceFree { train, .. } => train.len(),
         };
         if train_len == 0 {
             return Err(Error::Invalid(
@@ -142,6 +155,13 @@ impl Trainer {
                 ref_logps: HashMap::new(),
             },
             TaskData::Sft { train, eval } => Objective::Sft { train, eval },
+            TaskData::ReferenceFree { train, eval } => Objective::ReferenceFree {
+                train,
+                eval,
+                method: options.loss.reference_free().ok_or_else(|| {
+                    Error::setting("loss", "reference-free data needs the simpo or orpo loss")
+                })?,
+            },
         };
         let params = param_infos(&policy.optimizer_params());
         let optimizer = build_optimizer(options.optimizer, options.weight_decay, &params);
@@ -195,6 +215,7 @@ impl Trainer {
         match &self.objective {
             Objective::Dpo { train, .. } => train.len(),
             Objective::Sft { train, .. } => train.len(),
+            Objective::ReferenceFree { train, .. } => train.len(),
         }
     }
 
@@ -202,6 +223,7 @@ impl Trainer {
         match &self.objective {
             Objective::Dpo { eval, .. } => eval.len(),
             Objective::Sft { eval, .. } => eval.len(),
+            Objective::ReferenceFree { eval, .. } => eval.len(),
         }
     }
 
@@ -289,7 +311,7 @@ impl Trainer {
                         .loss
                         .ld_alpha
                         .map(|alpha| ld_token_weights(&batch, alpha)),
-                    aligned: false,
+                    ..ScoreOptions::default()
                 };
                 let (chosen_tokens, rejected_tokens) =
                     (tokens[..n].iter().sum(), tokens[n..].iter().sum());
@@ -332,6 +354,25 @@ impl Trainer {
                 let out = sft_loss(score_completions(policy, &batch, &self.device), tokens);
                 let metrics = Box::new(move |data: &[Vec<f32>]| {
                     Metrics::Sft(SftMetrics::from_stats(&data[0], tokens))
+                });
+                (out.loss, vec![out.stats], metrics, None)
+            }
+            Objective::ReferenceFree {
+                train,
+                eval,
+                method,
+            } => {
+                let set = if split == Split::Train { train } else { eval };
+                let pairs: Vec<&SplitPair> = indices.iter().map(|&i| &set[i]).collect();
+                let method = *method;
+                let prepared =
+                    prepare(collate_split_pairs(&pairs, max_length, self.pad_id), method);
+                let scores =
+                    score_completions_with(policy, &prepared.batch, &prepared.score, &self.device);
+                let out =
+                    reference_free_loss(scores, &prepared, &self.options.loss, self.options.beta);
+                let metrics = Box::new(move |data: &[Vec<f32>]| {
+                    Metrics::ReferenceFree(ReferenceFreeMetrics::from_stats(&data[0], method))
                 });
                 (out.loss, vec![out.stats], metrics, None)
             }
@@ -457,12 +498,14 @@ impl Trainer {
             match &metrics {
                 Metrics::Dpo(m) => acc.add(m, indices.len()),
                 Metrics::Sft(m) => acc.add(m, indices.len()),
+                Metrics::ReferenceFree(m) => acc.add(m, indices.len()),
             }
             last = Some(metrics);
         }
         Ok(last.map(|m| match m {
             Metrics::Dpo(_) => Metrics::Dpo(acc.mean()),
             Metrics::Sft(_) => Metrics::Sft(acc.mean()),
+            Metrics::ReferenceFree(_) => Metrics::ReferenceFree(acc.mean()),
         }))
     }
 }
