@@ -6,7 +6,7 @@ mod common;
 
 use common::{assert_close, devices, fixtures, worst_weight_difference};
 use dpo_wgpu::io::native::files::{load_model, read_pairs};
-use dpo_wgpu::text::tokenize::{tokenize_pairs, tokenize_split_pairs};
+use dpo_wgpu::text::tokenize::tokenize_split_pairs;
 use dpo_wgpu::train::optim::{LrSchedule, OptimizerKind};
 use dpo_wgpu::train::options::{OptionOverrides, TrainOptions};
 use dpo_wgpu::train::trainer::{TaskData, Trainer};
@@ -53,26 +53,7 @@ fn options(config: &Value, base: TrainOptions) -> TrainOptions {
 }
 
 fn trainer(family: &str, options: TrainOptions, device: &burn::tensor::Device) -> Trainer {
-    let policy = load_model(&fixtures().join(family).join("policy"), device).unwrap();
-    let reference = load_model(&fixtures().join(family).join("reference"), device)
-        .unwrap()
-        .model;
-    let rows = read_pairs(&fixtures().join("data.jsonl")).unwrap();
-    let pairs = tokenize_pairs(&rows, &policy.tokenizer, options.max_length)
-        .unwrap()
-        .rows;
-    Trainer::new(
-        policy.model,
-        TaskData::Dpo {
-            train: pairs.clone(),
-            eval: pairs,
-            reference,
-        },
-        policy.tokenizer.pad_id,
-        options,
-        device,
-    )
-    .unwrap()
+    common::fixture_dpo_trainer(family, options, device)
 }
 
 fn base(exp: &Value) -> TrainOptions {

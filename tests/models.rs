@@ -4,7 +4,7 @@
 mod common;
 
 use burn::tensor::Device;
-use common::{assert_close, devices, fixtures};
+use common::{assert_close, devices, fixtures, ids};
 use dpo_wgpu::io::bundle::{ExportSpec, ModelBundle};
 use dpo_wgpu::io::native::files::{load_adapter, load_model};
 use dpo_wgpu::io::peft;
@@ -23,14 +23,6 @@ fn expected(family: &str) -> Value {
 
 fn policy(family: &str, device: &Device) -> ModelBundle {
     load_model(&fixtures().join(family).join("policy"), device).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// Logits of `input` compared with transformers' `[seq][vocab]` values, 1e-4 relative.

@@ -5,7 +5,7 @@
 mod common;
 
 use burn::tensor::Device;
-use common::{assert_close, devices, fixtures};
+use common::{assert_close, assert_pair_ids, devices, fixtures, ids};
 use dpo_wgpu::io::bundle::{ModelBundle, export_weights};
 use dpo_wgpu::io::native::files::{load_model, read_pairs};
 use dpo_wgpu::io::safetensors::{FileBytes, SafetensorsSource};
@@ -34,14 +34,6 @@ fn tokenized(bundle: &ModelBundle, max_length: usize) -> (Vec<TokenizedPair>, us
     let rows = read_pairs(&fixtures().join("data.jsonl")).unwrap();
     let set = tokenize_pairs(&rows, &bundle.tokenizer, Some(max_length)).unwrap();
     (set.rows, set.dropped)
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn f(v: &Value) -> f64 {
@@ -82,21 +74,7 @@ fn tokenization_matches_trl() {
         let trl = exp["tokenized"].as_array().unwrap();
         assert_eq!(pairs.len(), trl.len());
         for (i, (ours, theirs)) in pairs.iter().zip(trl).enumerate() {
-            assert_eq!(
-                ours.prompt_ids,
-                ids(&theirs["prompt_ids"]),
-                "{family} pair {i} prompt"
-            );
-            assert_eq!(
-                ours.chosen_ids,
-                ids(&theirs["chosen_ids"]),
-                "{family} pair {i} chosen"
-            );
-            assert_eq!(
-                ours.rejected_ids,
-                ids(&theirs["rejected_ids"]),
-                "{family} pair {i} rejected"
-            );
+            assert_pair_ids(&format!("{family} pair {i}"), ours, theirs);
         }
         // The fixture has pairs whose BPE merges across the prompt/completion boundary.
         assert!(!exp["boundary_merge_pairs"].as_array().unwrap().is_empty());

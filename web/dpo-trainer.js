@@ -85,7 +85,8 @@
  *   trainData, evalData   JSONL text or an array of rows: DPO { prompt, chosen, rejected };
  *               SFT { prompt, completion }, { messages: [{ role, content }, ...] } or { text }
  *   optimizer ("adamw" | "sgd"), lr, lrScheduler ("constant" | "linear" | "cosine"), warmupSteps,
- *   batchSize, epochs, maxSteps, beta, maxLength, seed, maxGradNorm, weightDecay, evalBatchSize
+ *   batchSize, gradientAccumulationSteps, epochs, maxSteps, beta, maxLength, seed, maxGradNorm,
+ *   weightDecay, evalBatchSize
  *   loss        array of TRL loss types (default ["sigmoid"]): "sigmoid", "hinge", "ipo", "exo_pair",
  *               "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero",
  *               "apo_down", "discopop", "sft", "sigmoid_norm"; lossWeights (same length, default 1

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use dpo_wgpu::backend::BackendChoice;
 use dpo_wgpu::model::generate::SamplingOptions;
+use dpo_wgpu::text::collate::TruncationMode;
 use dpo_wgpu::train::losses::{FDivergence, PreferenceLoss};
 use dpo_wgpu::train::optim::{LrSchedule, OptimizerKind};
 use dpo_wgpu::train::options::OptionOverrides;
@@ -121,16 +122,23 @@ pub struct RunArgs {
     pub lr_scheduler: Option<LrSchedule>,
     #[arg(long)]
     pub warmup_steps: Option<usize>,
-    /// Examples per step.
+    /// Examples per forward pass (per step without accumulation).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Forward passes per optimizer step: steps of batch-size × N examples in the memory of
+    /// batch-size.
+    #[arg(long)]
+    pub gradient_accumulation_steps: Option<usize>,
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long)]
     pub max_steps: Option<usize>,
-    /// Truncate prompt+completion to this many tokens (keep_start); 0 = no limit.
+    /// Truncate prompt+completion to this many tokens; 0 = no limit.
     #[arg(long)]
     pub max_length: Option<usize>,
+    /// keep_start (cut the end; the default) or keep_end (cut the beginning).
+    #[arg(long)]
+    pub truncation_mode: Option<TruncationMode>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Global gradient-norm clipping; 0 = off.
@@ -180,6 +188,7 @@ impl RunArgs {
             lr_schedule: self.lr_scheduler,
             warmup_steps: self.warmup_steps,
             batch_size: self.batch_size,
+            gradient_accumulation_steps: self.gradient_accumulation_steps,
             epochs: self.epochs,
             max_steps: self.max_steps,
             beta: dpo.and_then(|d| d.beta),
@@ -188,6 +197,7 @@ impl RunArgs {
             max_grad_norm: self.max_grad_norm,
             weight_decay: self.weight_decay,
             eval_batch_size: self.eval_batch_size,
+            truncation_mode: self.truncation_mode,
             ..OptionOverrides::default()
         };
         if let Some(dpo) = dpo {
@@ -218,9 +228,12 @@ pub struct EvalArgs {
     pub data: PathBuf,
     #[arg(long, default_value_t = 0.1)]
     pub beta: f64,
-    /// Truncation limit (keep_start); default 1024 or the model's positions; 0 = no limit.
+    /// Truncation limit; default 1024 or the model's positions; 0 = no limit.
     #[arg(long)]
     pub max_length: Option<usize>,
+    /// keep_start (the default) or keep_end.
+    #[arg(long)]
+    pub truncation_mode: Option<TruncationMode>,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     #[arg(long, default_value = "auto")]

@@ -228,6 +228,7 @@ mod cli {
             beta: Some(args.beta),
             eval_batch_size: Some(args.batch_size),
             max_length: args.max_length,
+            truncation_mode: args.truncation_mode,
             ..OptionOverrides::default()
         };
         args.loss.fill(&mut overrides);

@@ -1,9 +1,46 @@
 //! Tokenized rows to batches, as TRL's collators build them: prompt + completion cut to
 //! `max_length` keeping the start, right-padded, with the completion positions scored.
 
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
 use super::tokenize::{SplitPair, TokenizedCompletion, TokenizedPair};
+use crate::error::Error;
 use crate::model::attention::PaddingMask;
 use crate::model::scoring::ScoringBatch;
+
+/// Which end of a sequence longer than `max_length` is kept (TRL's `truncation_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum TruncationMode {
+    /// Cut the end (TRL's default); DPO drops pairs whose prompt alone fills `max_length`.
+    #[default]
+    KeepStart,
+    /// Cut the beginning of prompt + completion (deprecated in TRL, kept for its users).
+    KeepEnd,
+}
+
+impl FromStr for TruncationMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "keep_start" => Ok(Self::KeepStart),
+            "keep_end" => Ok(Self::KeepEnd),
+            other => Err(Error::setting(
+                "truncation_mode",
+                format!("unknown truncation mode `{other}` (keep_start or keep_end)"),
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for TruncationMode {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
+    }
+}
 
 /// Collate pairs as TRL's `DataCollatorForPreference`: rows are all chosen sequences then all
 /// rejected ones (2B rows), each `prompt + completion` cut to `max_length` keeping the start, right
@@ -11,6 +48,7 @@ use crate::model::scoring::ScoringBatch;
 pub fn collate_pairs(
     pairs: &[&TokenizedPair],
     max_length: Option<usize>,
+    truncation: TruncationMode,
     pad_id: u32,
 ) -> ScoringBatch {
     let sequences: Vec<(&[u32], &[u32])> = pairs
@@ -22,7 +60,7 @@ pub fn collate_pairs(
                 .map(|p| (p.prompt_ids.as_slice(), p.rejected_ids.as_slice())),
         )
         .collect();
-    collate(&sequences, max_length, pad_id)
+    collate(&sequences, max_length, truncation, pad_id)
 }
 
 /// Collate pairs tokenized per answer (CPO/ORPO) as `DPODataCollatorWithPadding` +
@@ -37,29 +75,50 @@ pub fn collate_split_pairs(
         .map(|p| &p.chosen)
         .chain(pairs.iter().map(|p| &p.rejected))
         .collect();
-    collate_completions(&rows, max_length, pad_id)
+    collate_completions(&rows, max_length, TruncationMode::KeepStart, pad_id)
 }
 
 /// Collate SFT sequences.
 pub fn collate_completions(
     rows: &[&TokenizedCompletion],
     max_length: Option<usize>,
+    truncation: TruncationMode,
     pad_id: u32,
 ) -> ScoringBatch {
     let sequences: Vec<(&[u32], &[u32])> = rows
         .iter()
         .map(|r| (r.prompt_ids.as_slice(), r.completion_ids.as_slice()))
         .collect();
-    collate(&sequences, max_length, pad_id)
+    collate(&sequences, max_length, truncation, pad_id)
 }
 
 /// Collate `(prompt, completion)` rows into one right-padded batch whose scored positions are the
-/// completion tokens (after `keep_start` truncation).
+/// completion tokens left after truncation to `max_length`.
 pub fn collate(
     sequences: &[(&[u32], &[u32])],
     max_length: Option<usize>,
+    truncation: TruncationMode,
     pad_id: u32,
 ) -> ScoringBatch {
+    // keep_end drops tokens from the front: first the prompt's, then the completion's.
+    let kept: Vec<(&[u32], &[u32])> = sequences
+        .iter()
+        .map(|&(prompt, completion)| {
+            let len = prompt.len() + completion.len();
+            match (truncation, max_length) {
+                (TruncationMode::KeepEnd, Some(max)) if len > max => {
+                    let cut = len - max;
+                    if cut <= prompt.len() {
+                        (&prompt[cut..], completion)
+                    } else {
+                        (&prompt[..0], &completion[cut - prompt.len()..])
+                    }
+                }
+                _ => (prompt, completion),
+            }
+        })
+        .collect();
+    let sequences = &kept;
     let lengths: Vec<usize> = sequences
         .iter()
         .map(|(p, c)| {
@@ -118,7 +177,7 @@ mod tests {
             chosen_ids: vec![9],
             rejected_ids: vec![10, 11],
         };
-        let batch = collate_pairs(&[&a, &b], None, 0);
+        let batch = collate_pairs(&[&a, &b], None, TruncationMode::KeepStart, 0);
         assert_eq!(
             batch.input_ids,
             vec![1, 2, 3, 4, 5, 7, 8, 9, 0, 0, 1, 2, 3, 6, 0, 7, 8, 10, 11, 0]
@@ -139,7 +198,7 @@ mod tests {
             chosen_ids: vec![4, 5, 6],
             rejected_ids: vec![7],
         };
-        let batch = collate_pairs(&[&a], Some(4), 0);
+        let batch = collate_pairs(&[&a], Some(4), TruncationMode::KeepStart, 0);
         assert_eq!(batch.seq_len, 4);
         assert_eq!(batch.input_ids, vec![1, 2, 3, 4, 1, 2, 3, 7]);
         assert_eq!(batch.scored, vec![(0, 2), (1, 2)]);

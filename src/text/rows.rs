@@ -99,8 +99,9 @@ pub fn text_of(bytes: Vec<u8>, source: &str) -> Result<String> {
     })
 }
 
-/// Read JSONL rows with `parse`, naming `source`, the 1-based line and the field in errors.
-/// Blank lines are skipped.
+/// Read rows with `parse`: JSONL (one object per line; blank lines skipped) or one JSON array
+/// of objects. Errors name `source` and the 1-based line (JSONL) or the `[index]` (array), and
+/// the field.
 fn parse_lines<T>(
     text: &str,
     source: &str,
@@ -109,20 +110,44 @@ fn parse_lines<T>(
     let mut rows = Vec::new();
     // A byte-order mark (from a file, or text handed over by JavaScript) is not part of line 1.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+    if text.trim_start().starts_with('[') {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            Error::input(
+                Location::file(source).line(e.line()),
+                format!("invalid JSON: {e}"),
+            )
+        })?;
+        let list = value.as_array().expect("starts with [");
+        for (index, row) in list.iter().enumerate() {
+            let at = |field: &str| {
+                let path = if field.is_empty() {
+                    format!("[{index}]")
+                } else {
+                    format!("[{index}].{field}")
+                };
+                Location::file(source).field(path)
+            };
+            let object = row
+                .as_object()
+                .ok_or_else(|| Error::input(at(""), "expected a JSON object"))?;
+            rows.push(parse(object, &at)?);
         }
-        let at = |field: &str| {
-            let l = Location::file(source).line(index + 1);
-            if field.is_empty() { l } else { l.field(field) }
-        };
-        let value: Value = serde_json::from_str(line)
-            .map_err(|e| Error::input(at(""), format!("invalid JSON: {e}")))?;
-        let object = value
-            .as_object()
-            .ok_or_else(|| Error::input(at(""), "expected a JSON object"))?;
-        rows.push(parse(object, &at)?);
+    } else {
+        for (index, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let at = |field: &str| {
+                let l = Location::file(source).line(index + 1);
+                if field.is_empty() { l } else { l.field(field) }
+            };
+            let value: Value = serde_json::from_str(line)
+                .map_err(|e| Error::input(at(""), format!("invalid JSON: {e}")))?;
+            let object = value
+                .as_object()
+                .ok_or_else(|| Error::input(at(""), "expected a JSON object"))?;
+            rows.push(parse(object, &at)?);
+        }
     }
     if rows.is_empty() {
         return Err(Error::input(Location::file(source), "no rows"));
@@ -184,15 +209,28 @@ fn content(
     }
 }
 
-/// Parse preference JSONL; `source` names the file in errors.
+/// Parse preference rows (JSONL or a JSON array); `source` names the file in errors. Rows
+/// without a `prompt` (or whose `prompt` is text while the answers are conversations) have an
+/// implicit prompt, extracted as TRL's `maybe_extract_prompt` does.
 pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<PreferencePair>> {
     parse_lines(text, source, |object, at| {
-        let pair = PreferencePair {
-            prompt: content(object, "prompt", at)?,
-            chosen: content(object, "chosen", at)?,
-            rejected: content(object, "rejected", at)?,
-        };
         let chat = |c: &Content| matches!(c, Content::Messages(_));
+        let chosen = content(object, "chosen", at)?;
+        let rejected = content(object, "rejected", at)?;
+        let prompt = match object.get("prompt") {
+            None => None,
+            Some(_) => Some(content(object, "prompt", at)?),
+        };
+        let pair = match prompt {
+            Some(prompt) if chat(&prompt) == chat(&chosen) => PreferencePair {
+                prompt,
+                chosen,
+                rejected,
+            },
+            _ => {
+                extract_prompt(chosen, rejected).map_err(|message| Error::input(at(""), message))?
+            }
+        };
         if chat(&pair.prompt) != chat(&pair.chosen) || chat(&pair.chosen) != chat(&pair.rejected) {
             return Err(Error::input(
                 at(""),
@@ -201,6 +239,57 @@ pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<PreferencePair>> {
         }
         Ok(pair)
     })
+}
+
+/// The implicit prompt of a row, as TRL's `extract_prompt`: the longest common prefix of chosen
+/// and rejected (characters, or whole messages), giving a space just before the difference to
+/// the answers; when one answer is a prefix of the other, the last shared element goes to the
+/// answers too (TRL's loop index stops one short).
+pub fn extract_prompt(
+    chosen: Content,
+    rejected: Content,
+) -> std::result::Result<PreferencePair, String> {
+    fn split_at<T: PartialEq>(
+        chosen: &[T],
+        rejected: &[T],
+        is_space: impl Fn(&T) -> bool,
+    ) -> Option<usize> {
+        let shortest = chosen.len().min(rejected.len());
+        let mut idx = (0..shortest)
+            .find(|&i| chosen[i] != rejected[i])
+            .unwrap_or(shortest.checked_sub(1)?);
+        if idx > 0 && idx < shortest && chosen[idx] != rejected[idx] && is_space(&chosen[idx - 1]) {
+            idx -= 1;
+        }
+        Some(idx)
+    }
+    let no_prompt = "chosen and rejected have no common beginning, so no prompt can be extracted \
+                     (give a `prompt` field, or start both answers with the prompt)";
+    match (chosen, rejected) {
+        (Content::Text(c), Content::Text(r)) => {
+            let (cc, rc): (Vec<char>, Vec<char>) = (c.chars().collect(), r.chars().collect());
+            let idx = split_at(&cc, &rc, |ch| *ch == ' ')
+                .filter(|&i| i > 0)
+                .ok_or(no_prompt)?;
+            let text = |chars: &[char]| chars.iter().collect::<String>();
+            Ok(PreferencePair {
+                prompt: Content::Text(text(&cc[..idx])),
+                chosen: Content::Text(text(&cc[idx..])),
+                rejected: Content::Text(text(&rc[idx..])),
+            })
+        }
+        (Content::Messages(c), Content::Messages(r)) => {
+            let idx = split_at(&c, &r, |_| false)
+                .filter(|&i| i > 0)
+                .ok_or(no_prompt)?;
+            Ok(PreferencePair {
+                prompt: Content::Messages(c[..idx].to_vec()),
+                chosen: Content::Messages(c[idx..].to_vec()),
+                rejected: Content::Messages(r[idx..].to_vec()),
+            })
+        }
+        _ => Err("chosen and rejected must both be text or both be message lists".into()),
+    }
 }
 
 /// Parse SFT JSONL (`prompt`+`completion`, `messages` or `text` rows).
@@ -304,5 +393,27 @@ mod tests {
             err.contains("s.jsonl:1 (field `completion`): missing"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod implicit_prompt_tests {
+    use super::*;
+
+    #[test]
+    fn conversations_split_at_the_first_different_message() {
+        // TRL's `extract_prompt` docstring example.
+        let row = r#"{"chosen": [{"role": "user", "content": "What color is the sky?"}, {"role": "assistant", "content": "It is blue."}], "rejected": [{"role": "user", "content": "What color is the sky?"}, {"role": "assistant", "content": "It is green."}]}"#;
+        let pair = &parse_jsonl(row, "t").unwrap()[0];
+        let one = |c: &Content| match c {
+            Content::Messages(m) => (m.len(), m[0].content.clone()),
+            Content::Text(_) => panic!("messages expected"),
+        };
+        assert_eq!(one(&pair.prompt), (1, "What color is the sky?".into()));
+        assert_eq!(one(&pair.chosen), (1, "It is blue.".into()));
+        assert_eq!(one(&pair.rejected), (1, "It is green.".into()));
+        // A text prompt beside conversational answers is ignored, as TRL does.
+        let row = row.replacen('{', r#"{"prompt": "ignored", "#, 1);
+        assert_eq!(parse_jsonl(&row, "t").unwrap()[0], *pair);
     }
 }

@@ -13,7 +13,6 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
-use super::losses::LossOptions;
 use super::optim::{LrSchedule, OptimizerKind};
 use super::options::TrainOptions;
 use crate::error::Result;
@@ -209,7 +208,6 @@ pub fn train_options() -> TrainOptions {
         optimizer: OptimizerKind::AdamW,
         learning_rate: 3e-3,
         batch_size: 16,
-        epochs: 1,
         max_steps: Some(120),
         beta: 0.1,
         max_length: Some(32),
@@ -220,7 +218,7 @@ pub fn train_options() -> TrainOptions {
         warmup_steps: 0,
         eval_batch_size: 64,
         shuffle: true,
-        loss: LossOptions::default(),
+        ..TrainOptions::default()
     }
 }
 

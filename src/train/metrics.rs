@@ -97,6 +97,24 @@ impl MetricsAccumulator {
         self.rows += rows;
     }
 
+    /// Add a batch's metrics of any kind (one kind per accumulator).
+    pub fn add_metrics(&mut self, batch: &Metrics, rows: usize) {
+        match batch {
+            Metrics::Dpo(m) => self.add(m, rows),
+            Metrics::ReferenceFree(m) => self.add(m, rows),
+            Metrics::Sft(m) => self.add(m, rows),
+        }
+    }
+
+    /// The aggregate, of the same kind as `sample`.
+    pub fn mean_like(&self, sample: &Metrics) -> Metrics {
+        match sample {
+            Metrics::Dpo(_) => Metrics::Dpo(self.mean()),
+            Metrics::ReferenceFree(_) => Metrics::ReferenceFree(self.mean()),
+            Metrics::Sft(_) => Metrics::Sft(self.mean()),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.batches == 0
     }

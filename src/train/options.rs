@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::losses::{FDivergence, LossOptions, LossTerm, PreferenceLoss};
 use super::optim::{LrSchedule, OptimizerKind};
 use crate::error::Error;
+use crate::text::collate::TruncationMode;
 
 /// What a run learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,15 +55,22 @@ impl FromStr for Task {
 pub struct TrainOptions {
     pub optimizer: OptimizerKind,
     pub learning_rate: f64,
-    /// Examples (preference pairs, or SFT sequences) per optimizer step.
+    /// Examples (preference pairs, or SFT sequences) per forward pass.
     pub batch_size: usize,
+    /// Forward passes whose gradients make one optimizer step: a step sees
+    /// `batch_size × gradient_accumulation_steps` examples with the memory of `batch_size`.
+    #[serde(default = "default_one")]
+    pub gradient_accumulation_steps: usize,
     pub epochs: usize,
     /// Overrides `epochs` when set.
     pub max_steps: Option<usize>,
     /// DPO's β.
     pub beta: f64,
-    /// `keep_start` truncation of prompt+completion; DPO pairs whose prompt fills it are dropped.
+    /// Truncation of prompt+completion (see `truncation_mode`); with `keep_start`, DPO pairs
+    /// whose prompt fills it are dropped.
     pub max_length: Option<usize>,
+    #[serde(default)]
+    pub truncation_mode: TruncationMode,
     pub seed: u64,
     /// Global gradient-norm clipping; 0 turns it off.
     pub max_grad_norm: f64,
@@ -114,6 +122,17 @@ impl TrainOptions {
                 "a finite number > 0",
             )?;
             self.loss.validate()?;
+            if let Some(method) = self.loss.reference_free()
+                && self.truncation_mode == TruncationMode::KeepEnd
+            {
+                return Err(Error::setting(
+                    "truncation_mode",
+                    format!(
+                        "keep_end does not apply to {method}: its trainer in TRL truncates only \
+                         the answers"
+                    ),
+                ));
+            }
         }
         check(
             "max_grad_norm",
@@ -129,6 +148,10 @@ impl TrainOptions {
         )?;
         for (field, value) in [
             ("batch_size", self.batch_size),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
             ("eval_batch_size", self.eval_batch_size),
             ("epochs", self.epochs),
         ] {
@@ -176,6 +199,10 @@ impl TrainOptions {
     }
 }
 
+fn default_one() -> usize {
+    1
+}
+
 fn default_true() -> bool {
     true
 }
@@ -186,10 +213,12 @@ impl Default for TrainOptions {
             optimizer: OptimizerKind::AdamW,
             learning_rate: 1e-6,
             batch_size: 8,
+            gradient_accumulation_steps: 1,
             epochs: 1,
             max_steps: None,
             beta: 0.1,
             max_length: Some(1024),
+            truncation_mode: TruncationMode::KeepStart,
             seed: 42,
             max_grad_norm: 1.0,
             weight_decay: 0.0,
@@ -215,6 +244,7 @@ pub struct OptionOverrides {
     pub lr_schedule: Option<LrSchedule>,
     pub warmup_steps: Option<usize>,
     pub batch_size: Option<usize>,
+    pub gradient_accumulation_steps: Option<usize>,
     /// Giving epochs without max_steps lets the epochs decide the length of the run.
     pub epochs: Option<usize>,
     pub max_steps: Option<usize>,
@@ -225,6 +255,7 @@ pub struct OptionOverrides {
     pub max_grad_norm: Option<f64>,
     pub weight_decay: Option<f64>,
     pub eval_batch_size: Option<usize>,
+    pub truncation_mode: Option<TruncationMode>,
     /// Preference losses (TRL's `loss_type`), weighted by `loss_weights` (default 1 each).
     pub loss: Option<Vec<PreferenceLoss>>,
     pub loss_weights: Option<Vec<f64>>,
@@ -252,12 +283,14 @@ impl OptionOverrides {
             lr_schedule,
             warmup_steps,
             batch_size,
+            gradient_accumulation_steps,
             epochs,
             beta,
             seed,
             max_grad_norm,
             weight_decay,
-            eval_batch_size
+            eval_batch_size,
+            truncation_mode
         );
         if let Some(max_steps) = self.max_steps {
             o.max_steps = Some(max_steps);

@@ -27,6 +27,7 @@ use crate::model::CausalLm;
 use crate::model::config::Family;
 use crate::model::lora::{self, LoraSettings};
 use crate::model::weights::WithParamIds;
+use crate::text::collate::TruncationMode;
 use crate::text::rows::Jsonl;
 use crate::text::tokenize::{tokenize_pairs, tokenize_sft, tokenize_split_pairs};
 use crate::text::tokenizer::TextTokenizer;
@@ -378,9 +379,14 @@ impl Run {
         let source = |jsonl: Option<&Jsonl>, demo_name: &str| {
             jsonl.map_or_else(|| demo_name.to_string(), |j| j.source.clone())
         };
-        let train = train_rows.tokenize(&tokenizer, options.max_length, reference_free)?;
+        // Only keep_start truncation can leave a row with nothing to score, so only it drops rows.
+        let drop_limit = match options.truncation_mode {
+            TruncationMode::KeepStart => options.max_length,
+            TruncationMode::KeepEnd => None,
+        };
+        let train = train_rows.tokenize(&tokenizer, drop_limit, reference_free)?;
         let eval = eval_rows
-            .map(|rows| rows.tokenize(&tokenizer, options.max_length, reference_free))
+            .map(|rows| rows.tokenize(&tokenizer, drop_limit, reference_free))
             .transpose()?;
         let train_summary = train.summary(source(spec.rows.as_ref(), demo_label));
         let eval_summary = eval

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData, Transaction};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -129,6 +129,10 @@ impl Trainer {
         }
         for (field, size) in [
             ("batch_size", options.batch_size),
+            (
+                "gradient_accumulation_steps",
+                options.gradient_accumulation_steps,
+            ),
             ("eval_batch_size", options.eval_batch_size),
         ] {
             if size == 0 {
@@ -165,9 +169,12 @@ impl Trainer {
         };
         let params = param_infos(&policy.optimizer_params());
         let optimizer = build_optimizer(options.optimizer, options.weight_decay, &params);
+        let steps_per_epoch = train_len
+            .div_ceil(options.batch_size)
+            .div_ceil(options.gradient_accumulation_steps.max(1));
         let total_steps = options
             .max_steps
-            .unwrap_or(train_len.div_ceil(options.batch_size) * options.epochs.max(1));
+            .unwrap_or(steps_per_epoch * options.epochs.max(1));
         let mut trainer = Self {
             policy: Some(policy.train()),
             objective,
@@ -303,7 +310,12 @@ impl Trainer {
             } => {
                 let set = if split == Split::Train { train } else { eval };
                 let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &set[i]).collect();
-                let batch = collate_pairs(&pairs, max_length, self.pad_id);
+                let batch = collate_pairs(
+                    &pairs,
+                    max_length,
+                    self.options.truncation_mode,
+                    self.pad_id,
+                );
                 let tokens = batch.scored_tokens_per_row();
                 let score = ScoreOptions {
                     token_weights: self
@@ -349,7 +361,12 @@ impl Trainer {
             Objective::Sft { train, eval } => {
                 let set = if split == Split::Train { train } else { eval };
                 let rows: Vec<&TokenizedCompletion> = indices.iter().map(|&i| &set[i]).collect();
-                let batch = collate_completions(&rows, max_length, self.pad_id);
+                let batch = collate_completions(
+                    &rows,
+                    max_length,
+                    self.options.truncation_mode,
+                    self.pad_id,
+                );
                 let tokens = batch.scored.len();
                 let out = sft_loss(score_completions(policy, &batch, &self.device), tokens);
                 let metrics = Box::new(move |data: &[Vec<f32>]| {
@@ -380,32 +397,72 @@ impl Trainer {
     }
 
     /// Read `tensors` back in one transaction, plus fresh reference log-probs, which are cached.
+    /// Returns the values of `tensors` only.
     async fn read_back_and_remember(
         &mut self,
         mut tensors: Vec<Tensor<1>>,
-        fresh: Option<Fresh>,
+        fresh: Vec<Fresh>,
     ) -> Result<Vec<Vec<f32>>> {
-        if let Some(f) = &fresh {
-            tensors.push(f.logps.clone());
-        }
-        let data = read_back(tensors).await?;
-        if let (Some(fresh), Objective::Dpo { ref_logps, .. }) = (fresh, &mut self.objective) {
-            let values = data.last().expect("reference log-probs read back");
-            let n = fresh.indices.len();
-            for (k, &i) in fresh.indices.iter().enumerate() {
-                ref_logps.insert((fresh.split, i), (values[k], values[n + k]));
+        let asked = tensors.len();
+        tensors.extend(fresh.iter().map(|f| f.logps.clone()));
+        let mut data = read_back(tensors).await?;
+        let values = data.split_off(asked);
+        if let Objective::Dpo { ref_logps, .. } = &mut self.objective {
+            for (fresh, values) in fresh.into_iter().zip(values) {
+                let n = fresh.indices.len();
+                for (k, &i) in fresh.indices.iter().enumerate() {
+                    ref_logps.insert((fresh.split, i), (values[k], values[n + k]));
+                }
             }
         }
         Ok(data)
     }
 
-    /// One optimizer step on the next batch.
+    /// The micro-batches of the next step: `gradient_accumulation_steps` batches, fewer when the
+    /// epoch ends first (as the Trainer does).
+    fn next_micro_batches(&mut self) -> Vec<Vec<usize>> {
+        let mut batches = vec![self.next_batch()];
+        while batches.len() < self.options.gradient_accumulation_steps
+            && self.progress.cursor < self.progress.order.len()
+        {
+            batches.push(self.next_batch());
+        }
+        batches
+    }
+
+    /// Optimizer steps per epoch (the last may have fewer examples).
+    fn steps_per_epoch(&self) -> usize {
+        self.train_len()
+            .div_ceil(self.options.batch_size)
+            .div_ceil(self.options.gradient_accumulation_steps)
+    }
+
+    /// One optimizer step on the next batch (or, with gradient accumulation, on the next few
+    /// micro-batches, each weighted by its share of the step's examples so that the update is
+    /// the one the whole batch would give).
     pub async fn step(&mut self) -> Result<StepReport> {
         let started = Instant::now();
-        let indices = self.next_batch();
+        let micro_batches = self.next_micro_batches();
+        let examples: usize = micro_batches.iter().map(Vec::len).sum();
         let policy = self.policy.take().expect("policy present");
-        let (loss, mut readback, to_metrics, fresh) = self.forward(&policy, Split::Train, &indices);
-        let mut grads = GradientsParams::from_grads(loss.backward(), &policy);
+        let mut accumulated = GradientsAccumulator::<CausalLm>::new();
+        let (mut readback, mut to_metrics, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
+        for indices in &micro_batches {
+            let (loss, stats, metrics, new) = self.forward(&policy, Split::Train, indices);
+            let loss = if micro_batches.len() == 1 {
+                loss
+            } else {
+                loss.mul_scalar(indices.len() as f64 / examples as f64)
+            };
+            accumulated.accumulate(
+                &policy,
+                GradientsParams::from_grads(loss.backward(), &policy),
+            );
+            to_metrics.push((readback.len(), stats.len(), indices.len(), metrics));
+            readback.extend(stats);
+            fresh.extend(new);
+        }
+        let mut grads = accumulated.grads();
         let grad_norm = clip_grad_norm(
             &self.params,
             &mut grads,
@@ -420,6 +477,7 @@ impl Trainer {
         );
         // One readback per step, before the update: statistics, grad norm and (first time only)
         // reference log-probs. A non-finite loss or gradient skips the update.
+        let grad_at = readback.len();
         readback.push(grad_norm);
         let data = match self.read_back_and_remember(readback, fresh).await {
             Ok(data) => data,
@@ -428,8 +486,21 @@ impl Trainer {
                 return Err(e);
             }
         };
-        let metrics = to_metrics(&data);
-        let grad_norm = data[1][0] as f64;
+        // A step's metrics aggregate its micro-batches as the Trainer logs them.
+        let metrics = if to_metrics.len() == 1 {
+            let (at, len, _, metrics) = to_metrics.pop().expect("one micro-batch");
+            metrics(&data[at..at + len])
+        } else {
+            let mut acc = MetricsAccumulator::default();
+            let mut last = None;
+            for (at, len, rows, metrics) in to_metrics {
+                let m = metrics(&data[at..at + len]);
+                acc.add_metrics(&m, rows);
+                last = Some(m);
+            }
+            acc.mean_like(&last.expect("at least one micro-batch"))
+        };
+        let grad_norm = data[grad_at][0] as f64;
         let finite = metrics.loss().is_finite() && grad_norm.is_finite();
         self.policy = Some(if finite {
             self.optimizer.step(lr, policy, grads)
@@ -458,8 +529,7 @@ impl Trainer {
         Ok(StepReport {
             step: self.progress.step,
             total_steps: self.total_steps,
-            epoch: self.progress.step as f64 * self.options.batch_size as f64
-                / self.train_len() as f64,
+            epoch: self.progress.step as f64 / self.steps_per_epoch() as f64,
             metrics,
             grad_norm,
             learning_rate: lr,
@@ -493,20 +563,14 @@ impl Trainer {
         for start in (0..len).step_by(batch_size) {
             let indices: Vec<usize> = (start..(start + batch_size).min(len)).collect();
             let (_, readback, to_metrics, fresh) = self.forward(&policy, Split::Eval, &indices);
-            let data = self.read_back_and_remember(readback, fresh).await?;
+            let data = self
+                .read_back_and_remember(readback, fresh.into_iter().collect())
+                .await?;
             let metrics = to_metrics(&data);
-            match &metrics {
-                Metrics::Dpo(m) => acc.add(m, indices.len()),
-                Metrics::Sft(m) => acc.add(m, indices.len()),
-                Metrics::ReferenceFree(m) => acc.add(m, indices.len()),
-            }
+            acc.add_metrics(&metrics, indices.len());
             last = Some(metrics);
         }
-        Ok(last.map(|m| match m {
-            Metrics::Dpo(_) => Metrics::Dpo(acc.mean()),
-            Metrics::Sft(_) => Metrics::Sft(acc.mean()),
-            Metrics::ReferenceFree(_) => Metrics::ReferenceFree(acc.mean()),
-        }))
+        Ok(last.map(|m| acc.mean_like(&m)))
     }
 }
 

@@ -108,3 +108,57 @@ pub fn worst_weight_difference(model: &dpo_wgpu::model::CausalLm, path: &Path) -
     }
     worst
 }
+
+/// A DPO trainer on a fixture family's policy and reference with `data.jsonl` as both training
+/// and evaluation pairs (tokenized as `Run` does: only `keep_start` drops pairs).
+pub fn fixture_dpo_trainer(
+    family: &str,
+    options: dpo_wgpu::train::options::TrainOptions,
+    device: &Device,
+) -> dpo_wgpu::train::trainer::Trainer {
+    use dpo_wgpu::io::native::files::{load_model, read_pairs};
+    use dpo_wgpu::text::collate::TruncationMode;
+    use dpo_wgpu::train::trainer::{TaskData, Trainer};
+    let policy = load_model(&fixtures().join(family).join("policy"), device).unwrap();
+    let reference = load_model(&fixtures().join(family).join("reference"), device)
+        .unwrap()
+        .model;
+    let rows = read_pairs(&fixtures().join("data.jsonl")).unwrap();
+    let drop_limit = match options.truncation_mode {
+        TruncationMode::KeepStart => options.max_length,
+        TruncationMode::KeepEnd => None,
+    };
+    let pairs = dpo_wgpu::text::tokenize::tokenize_pairs(&rows, &policy.tokenizer, drop_limit)
+        .unwrap()
+        .rows;
+    let task = TaskData::Dpo {
+        train: pairs.clone(),
+        eval: pairs,
+        reference,
+    };
+    Trainer::new(policy.model, task, policy.tokenizer.pad_id, options, device).unwrap()
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Assert a tokenized pair equals TRL's `prompt_ids`/`chosen_ids`/`rejected_ids`.
+pub fn assert_pair_ids(
+    what: &str,
+    ours: &dpo_wgpu::text::tokenize::TokenizedPair,
+    theirs: &serde_json::Value,
+) {
+    assert_eq!(ours.prompt_ids, ids(&theirs["prompt_ids"]), "{what} prompt");
+    assert_eq!(ours.chosen_ids, ids(&theirs["chosen_ids"]), "{what} chosen");
+    assert_eq!(
+        ours.rejected_ids,
+        ids(&theirs["rejected_ids"]),
+        "{what} rejected"
+    );
+}
