@@ -78,3 +78,166 @@ fn accumulated_micro_batches_give_the_whole_batch_update() {
         }
     }
 }
+
+/// `(step, value)` of every `eval_<metric>` record in a metrics.jsonl.
+fn eval_curve(metrics_jsonl: &std::path::Path, metric: &str) -> Vec<(usize, f64)> {
+    std::fs::read_to_string(metrics_jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|r| {
+            let value = r.get(format!("eval_{metric}"))?.as_f64()?;
+            Some((r["step"].as_u64().unwrap() as usize, value))
+        })
+        .collect()
+}
+
+#[test]
+fn early_stopping_stops_where_the_validation_curve_says_and_keeps_the_best_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let bin = env!("CARGO_BIN_EXE_dpo-wgpu");
+    let patience = 2;
+    // The demo with a high learning rate: its validation loss falls, then rises.
+    let run = std::process::Command::new(bin)
+        .args([
+            "train",
+            "--backend",
+            "cpu",
+            "--eval-every",
+            "4",
+            "--lr",
+            "0.03",
+        ])
+        .args(["--early-stopping-patience", &patience.to_string()])
+        .args(["--max-steps", "120", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let curve = eval_curve(&out.join("metrics.jsonl"), "loss");
+    // Replay the rule on the evaluations during training (step 0 is the starting model).
+    let during: Vec<(usize, f64)> = curve[1..].to_vec();
+    let (mut best, mut since, mut stop) = ((0, f64::INFINITY), 0, None);
+    for &(step, loss) in &during {
+        if loss < best.1 {
+            (best, since) = ((step, loss), 0);
+        } else {
+            since += 1;
+        }
+        if since >= patience {
+            stop = Some(step);
+            break;
+        }
+    }
+    let stop = stop.expect("the curve turns up within 120 steps at this learning rate");
+    assert!(
+        stderr.contains(&format!("early stopping after step {stop}"))
+            && stderr.contains(&format!("keeping the model of step {}", best.0)),
+        "stop {stop}, best {best:?}:\n{stderr}"
+    );
+    // The exported model is the best one: evaluating it gives the best step's loss.
+    let eval_data = dir.path().join("eval.jsonl");
+    let (_, eval_pairs) = dpo_wgpu::train::demo::pairs(42, 1024, 128);
+    let lines: Vec<String> = eval_pairs
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap())
+        .collect();
+    std::fs::write(&eval_data, lines.join("\n")).unwrap();
+    let eval = std::process::Command::new(bin)
+        .args([
+            "eval",
+            "--backend",
+            "cpu",
+            "--json",
+            "--max-length",
+            "32",
+            "--batch-size",
+            "64",
+        ])
+        .arg("--model")
+        .arg(&out)
+        .arg("--data")
+        .arg(&eval_data)
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let metrics: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    // `eval` compares the model with itself (no --ref-model), so its rewards are 0: the policy's
+    // own log-probs identify it.
+    for key in ["logps/chosen", "logps/rejected"] {
+        let theirs = eval_curve(&out.join("metrics.jsonl"), key)
+            .into_iter()
+            .find(|&(step, _)| step == best.0)
+            .unwrap()
+            .1;
+        let ours = metrics[key].as_f64().unwrap();
+        assert!(
+            (ours - theirs).abs() <= 1e-5 * theirs.abs(),
+            "exported model's {key} {ours}, best step {}'s {theirs}",
+            best.0
+        );
+    }
+}
+
+#[test]
+fn the_test_report_evaluates_the_starting_and_the_trained_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let data = common::fixtures().join("data.jsonl");
+    let model = common::fixtures().join("gpt2/policy");
+    // The same file as eval and test data: the test records must equal the evaluations before
+    // and after training.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dpo-wgpu"))
+        .args([
+            "train",
+            "--backend",
+            "cpu",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "4",
+        ])
+        .args(["--lr", "1e-3", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--eval-data")
+        .arg(&data)
+        .arg("--test-data")
+        .arg(&data)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("test set: metric"), "{stderr}");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let with = |prefix: &str| -> Vec<&serde_json::Value> {
+        records
+            .iter()
+            .filter(|r| r.get(format!("{prefix}_loss")).is_some())
+            .collect()
+    };
+    let (evals, tests) = (with("eval"), with("test"));
+    assert_eq!(tests.len(), 2, "before and after");
+    for (eval, test) in [(evals[0], tests[0]), (evals[evals.len() - 1], tests[1])] {
+        assert_eq!(eval["step"], test["step"]);
+        assert_eq!(eval["eval_loss"], test["test_loss"]);
+        assert_eq!(eval["eval_rewards/margins"], test["test_rewards/margins"]);
+    }
+    assert_ne!(
+        tests[0]["test_loss"], tests[1]["test_loss"],
+        "training changed the model"
+    );
+}

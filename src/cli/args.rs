@@ -110,6 +110,23 @@ pub struct RunArgs {
     /// Held-out rows evaluated before, during (--eval-every) and after training.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
+    /// Held-out rows for the final test report: the starting and the trained model side by side.
+    #[arg(long)]
+    pub test_data: Option<PathBuf>,
+    /// Hold out this share of --data (seeded by --seed) as the evaluation set.
+    #[arg(long)]
+    pub val_split: Option<f64>,
+    /// Hold out this share of --data (seeded by --seed) as the test set.
+    #[arg(long)]
+    pub test_split: Option<f64>,
+    /// Stop after N evaluations (--eval-every) in a row without improvement of
+    /// --metric-for-best-model, and keep the best model.
+    #[arg(long)]
+    pub early_stopping_patience: Option<usize>,
+    /// The evaluation metric early stopping watches (TRL's names; default loss: lower is better
+    /// for names ending in loss, higher for the others).
+    #[arg(long)]
+    pub metric_for_best_model: Option<String>,
     /// Output directory: the model (or adapter), metrics.jsonl, checkpoint-N/ directories.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -198,6 +215,10 @@ impl RunArgs {
             weight_decay: self.weight_decay,
             eval_batch_size: self.eval_batch_size,
             truncation_mode: self.truncation_mode,
+            val_split: self.val_split,
+            test_split: self.test_split,
+            early_stopping_patience: self.early_stopping_patience,
+            metric_for_best_model: self.metric_for_best_model.clone(),
             ..OptionOverrides::default()
         };
         if let Some(dpo) = dpo {

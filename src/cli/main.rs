@@ -124,6 +124,7 @@ mod cli {
             model_label: args.model.clone().unwrap_or_default(),
             rows: args.data.as_deref().map(read_jsonl).transpose()?,
             eval_rows: args.eval_data.as_deref().map(read_jsonl).transpose()?,
+            test_rows: args.test_data.as_deref().map(read_jsonl).transpose()?,
             overrides,
             lora: args.lora(),
             adapter: args.lora_adapter.as_deref().map(read_adapter).transpose()?,
@@ -161,6 +162,7 @@ mod cli {
         });
         let mut last_checkpoint = None;
         let stop = || STOP.load(Ordering::SeqCst);
+        let patience = run.trainer.options().early_stopping_patience.unwrap_or(0);
         let outcome = pollster::block_on(run.train(schedule, stop, |event| match event {
             Event::Stepped(r) => {
                 if r.skipped || r.step % args.log_every.max(1) == 0 || r.step == r.total_steps {
@@ -180,6 +182,30 @@ mod cli {
                 };
                 report::eval(label, step, &metrics);
                 log.write(&metrics.eval_record(step))
+            }
+            Event::Tested {
+                phase,
+                step,
+                metrics,
+            } => {
+                let label = match phase {
+                    Phase::Before => "test, starting model",
+                    _ => "test, trained model",
+                };
+                report::eval(label, step, &metrics);
+                log.write(&metrics.prefixed_record("test", step))
+            }
+            Event::NewBest { step, value } => {
+                eprintln!("best so far: step {step} ({value:.4})");
+                Ok(())
+            }
+            Event::StoppedEarly { step, best_step } => {
+                eprintln!(
+                    "early stopping after step {step}: no improvement in {} evaluations; \
+                     keeping the model of step {best_step}",
+                    patience
+                );
+                Ok(())
             }
             Event::Checkpoint { step, files } => {
                 let dir = staging.dir().join(format!("checkpoint-{step}"));

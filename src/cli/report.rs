@@ -70,6 +70,13 @@ pub fn summary(s: &Summary, options: &TrainOptions, total_steps: usize) {
     if let Some(eval) = &s.eval {
         dropped("eval", eval, s.drop_reason);
     }
+    if let Some(test) = &s.test {
+        dropped("test", test, s.drop_reason);
+        eprintln!("test set: {} examples from {}", test.kept, test.source);
+    }
+    if let Some(eval) = s.eval.as_ref().filter(|_| !s.demo) {
+        eprintln!("eval set: {} examples from {}", eval.kept, eval.source);
+    }
     if let Some((from, step)) = &s.resumed {
         eprintln!("resumed from {from} at step {step}");
     }
@@ -79,7 +86,7 @@ pub fn summary(s: &Summary, options: &TrainOptions, total_steps: usize) {
         s.family,
         s.train.kept,
         s.eval.as_ref().map_or(0, |e| e.kept),
-        options.batch_size,
+        options.batch_size * options.gradient_accumulation_steps,
         options.learning_rate,
         match s.task {
             dpo_wgpu::train::options::Task::Dpo => format!(", beta {}", options.beta),
@@ -151,8 +158,29 @@ pub fn eval(label: &str, step: usize, m: &Metrics) {
     }
 }
 
+/// The test report: every metric of the starting and the kept model side by side.
+fn test_report(before: &Metrics, after: &Metrics, best_step: Option<usize>) {
+    let (b, a) = (
+        serde_json::to_value(before).expect("metrics serialize"),
+        serde_json::to_value(after).expect("metrics serialize"),
+    );
+    let kept = best_step.map_or("trained".to_string(), |s| format!("best (step {s})"));
+    eprintln!("test set: {:<22} {:>12} {:>12}", "metric", "starting", kept);
+    for (key, value) in b.as_object().expect("an object") {
+        if let (Some(x), Some(y)) = (value.as_f64(), a.get(key).and_then(|v| v.as_f64())) {
+            eprintln!("          {key:<22} {x:>12.4} {y:>12.4}");
+        }
+    }
+}
+
 /// After the last step.
 pub fn outcome(o: &Outcome) {
+    if let Some(step) = o.best_step {
+        eprintln!("kept the best model: step {step}");
+    }
+    if let (Some(before), Some(after)) = (&o.test_before, &o.test_after) {
+        test_report(before, after, o.best_step);
+    }
     if let Some((mean, steps)) = o.steady_step_seconds() {
         eprintln!("{mean:.3} s/step (mean of steps 2..{})", steps + 1);
     }

@@ -127,6 +127,7 @@ pub fn stop_tokens(
 }
 
 /// Files as bytes, by name: a Hugging Face model folder, a PEFT adapter, a checkpoint.
+#[derive(Debug, Clone)]
 pub struct ExportedFiles {
     pub files: Vec<(String, Vec<u8>)>,
 }

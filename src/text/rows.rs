@@ -288,7 +288,7 @@ pub fn extract_prompt(
                 rejected: Content::Messages(r[idx..].to_vec()),
             })
         }
-        _ => Err("chosen and rejected must both be text or both be message lists".into()),
+        _ => Err("prompt, chosen and rejected must all be text or all be message lists".into()),
     }
 }
 

@@ -62,10 +62,15 @@ pub struct StepReport {
 impl Metrics {
     /// One `metrics.jsonl` record of an evaluation at `step`: TRL's `eval_`-prefixed names.
     pub fn eval_record(&self, step: usize) -> serde_json::Value {
+        self.prefixed_record("eval", step)
+    }
+
+    /// A record with every name prefixed (`test_loss`, as the Trainer's `predict` names them).
+    pub fn prefixed_record(&self, prefix: &str, step: usize) -> serde_json::Value {
         let value = serde_json::to_value(self).expect("metrics serialize");
         let mut record = serde_json::Map::from_iter([("step".to_string(), step.into())]);
         for (k, v) in value.as_object().expect("metrics are an object") {
-            record.insert(format!("eval_{k}"), v.clone());
+            record.insert(format!("{prefix}_{k}"), v.clone());
         }
         record.into()
     }

@@ -84,6 +84,24 @@ pub struct TrainOptions {
     /// Which preference losses, and their settings (DPO).
     #[serde(flatten)]
     pub loss: LossOptions,
+    /// Shares of the training rows held out (seeded by `seed`) for evaluation and for the final
+    /// test report; 0 holds out nothing.
+    #[serde(default)]
+    pub val_split: f64,
+    #[serde(default)]
+    pub test_split: f64,
+    /// Stop after this many evaluations in a row without improvement of
+    /// `metric_for_best_model`, and keep the best model (off when `None`).
+    #[serde(default)]
+    pub early_stopping_patience: Option<usize>,
+    /// A metric of the evaluation (TRL's name, with or without `eval_`); lower is better for
+    /// names ending in `loss`, higher for the others, as transformers decides.
+    #[serde(default = "default_best_metric")]
+    pub metric_for_best_model: String,
+}
+
+fn default_best_metric() -> String {
+    "loss".into()
 }
 
 /// `value` of `field` must satisfy `ok`; otherwise an error saying what would be valid.
@@ -160,6 +178,26 @@ impl TrainOptions {
         if let Some(steps) = self.max_steps {
             check("max_steps", steps, steps >= 1, "at least 1")?;
         }
+        for (field, share) in [
+            ("val_split", self.val_split),
+            ("test_split", self.test_split),
+        ] {
+            check(field, share, (0.0..1.0).contains(&share), "in [0, 1)")?;
+        }
+        check(
+            "test_split",
+            self.val_split + self.test_split,
+            self.val_split + self.test_split < 1.0,
+            "less than 1 together with val_split (some rows must be left to train on)",
+        )?;
+        if let Some(patience) = self.early_stopping_patience {
+            check(
+                "early_stopping_patience",
+                patience,
+                patience >= 1,
+                "at least 1",
+            )?;
+        }
         if let Some(max_length) = self.max_length {
             check(
                 "max_length",
@@ -227,6 +265,10 @@ impl Default for TrainOptions {
             eval_batch_size: 8,
             shuffle: true,
             loss: LossOptions::default(),
+            val_split: 0.0,
+            test_split: 0.0,
+            early_stopping_patience: None,
+            metric_for_best_model: default_best_metric(),
         }
     }
 }
@@ -256,6 +298,10 @@ pub struct OptionOverrides {
     pub weight_decay: Option<f64>,
     pub eval_batch_size: Option<usize>,
     pub truncation_mode: Option<TruncationMode>,
+    pub val_split: Option<f64>,
+    pub test_split: Option<f64>,
+    pub early_stopping_patience: Option<usize>,
+    pub metric_for_best_model: Option<String>,
     /// Preference losses (TRL's `loss_type`), weighted by `loss_weights` (default 1 each).
     pub loss: Option<Vec<PreferenceLoss>>,
     pub loss_weights: Option<Vec<f64>>,
@@ -290,8 +336,16 @@ impl OptionOverrides {
             max_grad_norm,
             weight_decay,
             eval_batch_size,
-            truncation_mode
+            truncation_mode,
+            val_split,
+            test_split
         );
+        if let Some(patience) = self.early_stopping_patience {
+            o.early_stopping_patience = Some(patience);
+        }
+        if let Some(metric) = &self.metric_for_best_model {
+            o.metric_for_best_model = metric.clone();
+        }
         if let Some(max_steps) = self.max_steps {
             o.max_steps = Some(max_steps);
         } else if self.epochs.is_some() {

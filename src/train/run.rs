@@ -12,13 +12,16 @@
 //! and present what comes back.
 
 use burn::module::Module;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use super::checkpoint::{self, SavedRun, SavedWeights};
 use super::demo;
 use super::metrics::{Metrics, StepReport};
 use super::options::{OptionOverrides, Task, TrainOptions};
-use super::trainer::{TaskData, Trainer};
+use super::trainer::{TaskData, TestData, Trainer};
 use crate::backend::SelectedDevice;
 use crate::error::{Error, Result};
 use crate::io::bundle::{ExportSpec, ExportedFiles, ModelBundle};
@@ -50,6 +53,8 @@ pub struct RunSpec {
     pub model_label: String,
     pub rows: Option<Jsonl>,
     pub eval_rows: Option<Jsonl>,
+    /// Held-out rows for the final test report (before vs after training).
+    pub test_rows: Option<Jsonl>,
     pub overrides: OptionOverrides,
     /// Train fresh adapters instead of every weight.
     pub lora: Option<LoraRequest>,
@@ -109,6 +114,7 @@ impl RunSpec {
             model_label: String::new(),
             rows: None,
             eval_rows: None,
+            test_rows: None,
             overrides: OptionOverrides::default(),
             lora: None,
             adapter: None,
@@ -172,6 +178,7 @@ pub struct Summary {
     pub device: String,
     pub train: DataSummary,
     pub eval: Option<DataSummary>,
+    pub test: Option<DataSummary>,
     pub drop_reason: DropReason,
     /// Set when the default `max_length` was lowered to the model's positions.
     pub max_length_fitted: Option<usize>,
@@ -187,6 +194,17 @@ pub struct Run {
     pub trainer: Trainer,
     pub export: ExportSpec,
     pub summary: Summary,
+    /// With early stopping: the best evaluation so far and the model then, which is exported.
+    best: Option<Best>,
+}
+
+/// The best model of a run that keeps it (`early_stopping_patience`).
+struct Best {
+    step: usize,
+    value: f64,
+    metrics: Metrics,
+    test: Option<Metrics>,
+    files: ExportedFiles,
 }
 
 /// How often [`Run::train`] evaluates and checkpoints (0: only before and after / never).
@@ -216,13 +234,36 @@ pub enum Event {
         step: usize,
         files: ExportedFiles,
     },
+    /// The test examples, before training (the starting model) and after (the kept model).
+    Tested {
+        phase: Phase,
+        step: usize,
+        metrics: Metrics,
+    },
+    /// An evaluation improved on the best so far (early stopping keeps this model).
+    NewBest {
+        step: usize,
+        value: f64,
+    },
+    /// Early stopping: `patience` evaluations in a row did not improve; the model of `best_step`
+    /// is kept.
+    StoppedEarly {
+        step: usize,
+        best_step: usize,
+    },
 }
 
 /// What a finished [`Run::train`] measured.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub before: Option<Metrics>,
+    /// The kept model's evaluation: the last one, or the best one with early stopping.
     pub after: Option<Metrics>,
+    /// The test examples on the starting model and on the kept one.
+    pub test_before: Option<Metrics>,
+    pub test_after: Option<Metrics>,
+    /// With early stopping: the step whose model is kept.
+    pub best_step: Option<usize>,
     pub step_seconds: Vec<f64>,
     /// `stop` asked the run to end early; a checkpoint of where it stopped was reported.
     pub interrupted: bool,
@@ -364,7 +405,7 @@ impl Run {
         };
         let trainable_parameters = policy.trainable_parameter_count();
 
-        let (train_rows, eval_rows, demo_label) = if demo {
+        let (mut train_rows, eval_rows, demo_label) = if demo {
             let (train, eval) = demo::pairs(options.seed, demo::DEMO_PAIRS.0, demo::DEMO_PAIRS.1);
             (Rows::Pairs(train), Some(Rows::Pairs(eval)), "built-in demo")
         } else {
@@ -376,8 +417,47 @@ impl Run {
                 .transpose()?;
             (Rows::parse(task, rows)?, eval, "")
         };
+        let test_rows = spec
+            .test_rows
+            .as_ref()
+            .map(|j| Rows::parse(task, j))
+            .transpose()?;
         let source = |jsonl: Option<&Jsonl>, demo_name: &str| {
             jsonl.map_or_else(|| demo_name.to_string(), |j| j.source.clone())
+        };
+        let train_source = source(spec.rows.as_ref(), demo_label);
+        // Held-out shares of the training rows, or separate files: one or the other.
+        let (val_split, test_split) = (options.val_split, options.test_split);
+        for (share, file, field, flag_field) in [
+            (
+                val_split,
+                spec.eval_rows.is_some(),
+                "val_split",
+                "eval_data",
+            ),
+            (
+                test_split,
+                spec.test_rows.is_some(),
+                "test_split",
+                "test_data",
+            ),
+        ] {
+            if share > 0.0 && file {
+                return Err(Error::setting(
+                    field,
+                    format!("give either {flag_field} or {field}, not both"),
+                ));
+            }
+        }
+        let (held_val, held_test) = train_rows.hold_out(val_split, test_split, options.seed)?;
+        let held_source = |field: &str, share: f64| format!("{train_source} ({field} {share})");
+        let (eval_rows, eval_source) = match held_val {
+            Some(rows) => (Some(rows), held_source("val_split", val_split)),
+            None => (eval_rows, source(spec.eval_rows.as_ref(), demo_label)),
+        };
+        let (test_rows, test_source) = match held_test {
+            Some(rows) => (Some(rows), held_source("test_split", test_split)),
+            None => (test_rows, source(spec.test_rows.as_ref(), demo_label)),
         };
         // Only keep_start truncation can leave a row with nothing to score, so only it drops rows.
         let drop_limit = match options.truncation_mode {
@@ -388,11 +468,16 @@ impl Run {
         let eval = eval_rows
             .map(|rows| rows.tokenize(&tokenizer, drop_limit, reference_free))
             .transpose()?;
-        let train_summary = train.summary(source(spec.rows.as_ref(), demo_label));
-        let eval_summary = eval
-            .as_ref()
-            .map(|e| e.summary(source(spec.eval_rows.as_ref(), demo_label)));
-        for data in std::iter::once(&train_summary).chain(eval_summary.as_ref()) {
+        let test = test_rows
+            .map(|rows| rows.tokenize(&tokenizer, drop_limit, reference_free))
+            .transpose()?;
+        let train_summary = train.summary(train_source.clone());
+        let eval_summary = eval.as_ref().map(|e| e.summary(eval_source));
+        let test_summary = test.as_ref().map(|e| e.summary(test_source));
+        for data in std::iter::once(&train_summary)
+            .chain(eval_summary.as_ref())
+            .chain(test_summary.as_ref())
+        {
             data.check_not_all_dropped(task, options.max_length)?;
         }
         let summary = Summary {
@@ -402,6 +487,7 @@ impl Run {
             device: device.description.clone(),
             train: train_summary,
             eval: eval_summary,
+            test: test_summary,
             drop_reason: match task {
                 Task::Dpo => DropReason::PromptFillsMaxLength,
                 Task::Sft => DropReason::NoCompletionWithinMaxLength,
@@ -436,6 +522,9 @@ impl Run {
             },
         };
         let mut trainer = Trainer::new(policy, data, tokenizer.pad_id, options, device_ref)?;
+        if let Some(test) = test {
+            trainer.set_test_data(test.into_test_data())?;
+        }
         let mut summary = summary;
         if let Some(saved) = &spec.resume {
             checkpoint::restore(&mut trainer, saved)?;
@@ -457,12 +546,17 @@ impl Run {
             trainer,
             export,
             summary,
+            best: None,
         })
     }
 
-    /// The current model as files (see [`ExportSpec::model_files`]).
+    /// The model to keep as files (see [`ExportSpec::model_files`]): the best one when the run
+    /// keeps its best (early stopping), otherwise the current one.
     pub async fn model_files(&self) -> Result<ExportedFiles> {
-        self.export.model_files(&self.trainer.policy()).await
+        match &self.best {
+            Some(best) => Ok(best.files.clone()),
+            None => self.export.model_files(&self.trainer.policy()).await,
+        }
     }
 
     /// Everything to resume this run from where it is.
@@ -480,7 +574,17 @@ impl Run {
         stop: impl Fn() -> bool,
         mut on_event: impl FnMut(Event) -> Result<()>,
     ) -> Result<Outcome> {
+        check_schedule(self.trainer.options(), schedule, self.trainer.eval_len())?;
         let every = |n: usize, step: usize| n > 0 && step.is_multiple_of(n);
+        let test_before = self.trainer.evaluate_test().await?;
+        if let Some(metrics) = test_before {
+            let step = self.trainer.steps_done();
+            on_event(Event::Tested {
+                phase: Phase::Before,
+                step,
+                metrics,
+            })?;
+        }
         let before = self.trainer.evaluate().await?;
         if let Some(metrics) = before {
             on_event(Event::Evaluated {
@@ -490,6 +594,17 @@ impl Run {
             })?;
         }
         let mut step_seconds = Vec::new();
+        let mut without_improvement = 0;
+        let mut last_eval = None;
+        let mut outcome = Outcome {
+            before,
+            after: None,
+            test_before,
+            test_after: None,
+            best_step: None,
+            step_seconds: Vec::new(),
+            interrupted: false,
+        };
         while !self.trainer.is_done() {
             let report = self.trainer.step().await?;
             let step = report.step;
@@ -504,6 +619,19 @@ impl Run {
                     step,
                     metrics,
                 })?;
+                last_eval = Some((step, metrics));
+                if let Some(patience) = self.trainer.options().early_stopping_patience {
+                    if self.keep_if_best(step, metrics, &mut on_event).await? {
+                        without_improvement = 0;
+                    } else {
+                        without_improvement += 1;
+                    }
+                    if without_improvement >= patience {
+                        let best_step = self.best.as_ref().map_or(0, |b| b.step);
+                        on_event(Event::StoppedEarly { step, best_step })?;
+                        break;
+                    }
+                }
             }
             let saved = every(schedule.save_every, step) && !self.trainer.is_done();
             if saved {
@@ -515,29 +643,127 @@ impl Run {
                     let files = self.checkpoint_files().await?;
                     on_event(Event::Checkpoint { step, files })?;
                 }
-                return Ok(Outcome {
-                    before,
-                    after: None,
-                    step_seconds,
-                    interrupted: true,
-                });
+                outcome.step_seconds = step_seconds;
+                outcome.interrupted = true;
+                return Ok(outcome);
             }
         }
-        let after = self.trainer.evaluate().await?;
-        if let Some(metrics) = after {
+        outcome.step_seconds = step_seconds;
+        let step = self.trainer.steps_done();
+        // A run that stopped early was just evaluated at this step.
+        let (last, fresh) = match last_eval {
+            Some((at, metrics)) if at == step => (Some(metrics), false),
+            _ => (self.trainer.evaluate().await?, true),
+        };
+        if let Some(metrics) = last {
             on_event(Event::Evaluated {
                 phase: Phase::After,
-                step: self.trainer.steps_done(),
+                step,
+                metrics,
+            })?;
+            if fresh && self.trainer.options().early_stopping_patience.is_some() {
+                self.keep_if_best(step, metrics, &mut on_event).await?;
+            }
+        }
+        match &self.best {
+            // The kept model is the best one: its evaluation and test results.
+            Some(best) => {
+                outcome.after = Some(best.metrics);
+                outcome.test_after = best.test;
+                outcome.best_step = Some(best.step);
+            }
+            None => {
+                outcome.after = last;
+                outcome.test_after = self.trainer.evaluate_test().await?;
+            }
+        }
+        if let Some(metrics) = outcome.test_after {
+            let step = outcome.best_step.unwrap_or(step);
+            on_event(Event::Tested {
+                phase: Phase::After,
+                step,
                 metrics,
             })?;
         }
-        Ok(Outcome {
-            before,
-            after,
-            step_seconds,
-            interrupted: false,
-        })
+        Ok(outcome)
     }
+
+    /// Early stopping's bookkeeping: when `metrics` beat the best so far, remember them, the
+    /// model as files and its test results. Returns whether they did.
+    async fn keep_if_best(
+        &mut self,
+        step: usize,
+        metrics: Metrics,
+        on_event: &mut impl FnMut(Event) -> Result<()>,
+    ) -> Result<bool> {
+        let name = &self.trainer.options().metric_for_best_model;
+        let value = best_metric_value(&metrics, name)?;
+        let greater_is_better = !name.ends_with("loss");
+        let improved = self.best.as_ref().is_none_or(|best| {
+            if greater_is_better {
+                value > best.value
+            } else {
+                value < best.value
+            }
+        });
+        if improved {
+            let files = self.export.model_files(&self.trainer.policy()).await?;
+            let test = self.trainer.evaluate_test().await?;
+            self.best = Some(Best {
+                step,
+                value,
+                metrics,
+                test,
+                files,
+            });
+            on_event(Event::NewBest { step, value })?;
+        }
+        Ok(improved)
+    }
+}
+
+/// The value of the metric early stopping watches (`loss`, `rewards/accuracies`, … with or
+/// without `eval_`).
+fn best_metric_value(metrics: &Metrics, name: &str) -> Result<f64> {
+    let values = serde_json::to_value(metrics).expect("metrics serialize");
+    let key = name.strip_prefix("eval_").unwrap_or(name);
+    values
+        .get(key)
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| {
+            let names: Vec<String> = values
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            Error::setting(
+                "metric_for_best_model",
+                format!(
+                    "`{name}` is not a metric of this run's evaluation (one of: {})",
+                    names.join(", ")
+                ),
+            )
+        })
+}
+
+/// What a schedule needs from the run: early stopping evaluates during training, on held-out
+/// examples.
+pub fn check_schedule(options: &TrainOptions, schedule: Schedule, eval_len: usize) -> Result<()> {
+    if options.early_stopping_patience.is_some() {
+        if schedule.eval_every == 0 {
+            return Err(Error::setting(
+                "eval_every",
+                "early stopping needs evaluations during training: set eval_every to a number \
+                 of steps",
+            ));
+        }
+        if eval_len == 0 {
+            return Err(Error::setting(
+                "early_stopping_patience",
+                "early stopping needs evaluation examples (eval_data or val_split)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parsed rows of either task.
@@ -555,6 +781,67 @@ enum Tokenized {
 }
 
 impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Pairs(rows) => rows.len(),
+            Rows::Sft(rows) => rows.len(),
+        }
+    }
+
+    /// Take `val` and `test` shares (rounded up) of the rows out, chosen by a shuffle seeded with
+    /// `seed`; each part keeps the file's order.
+    fn hold_out(&mut self, val: f64, test: f64, seed: u64) -> Result<(Option<Rows>, Option<Rows>)> {
+        if val <= 0.0 && test <= 0.0 {
+            return Ok((None, None));
+        }
+        let n = self.len();
+        let count = |share: f64| (share * n as f64).ceil() as usize;
+        let (n_val, n_test) = (count(val), count(test));
+        if n_val + n_test >= n {
+            return Err(Error::setting(
+                if test > 0.0 {
+                    "test_split"
+                } else {
+                    "val_split"
+                },
+                format!(
+                    "holding out {n_val} + {n_test} of {n} rows leaves none to train on: lower \
+                     val_split/test_split or add rows"
+                ),
+            ));
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        let mut part = vec![0u8; n]; // 0 train, 1 val, 2 test
+        for &i in &order[..n_test] {
+            part[i] = 2;
+        }
+        for &i in &order[n_test..n_test + n_val] {
+            part[i] = 1;
+        }
+        fn split<T>(rows: Vec<T>, part: &[u8]) -> [Vec<T>; 3] {
+            let mut out = [Vec::new(), Vec::new(), Vec::new()];
+            for (row, &p) in rows.into_iter().zip(part) {
+                out[p as usize].push(row);
+            }
+            out
+        }
+        let some = |rows: Rows, count: usize| (count > 0).then_some(rows);
+        let (val_rows, test_rows) = match std::mem::replace(self, Rows::Pairs(Vec::new())) {
+            Rows::Pairs(rows) => {
+                let [train, v, t] = split(rows, &part);
+                *self = Rows::Pairs(train);
+                (Rows::Pairs(v), Rows::Pairs(t))
+            }
+            Rows::Sft(rows) => {
+                let [train, v, t] = split(rows, &part);
+                *self = Rows::Sft(train);
+                (Rows::Sft(v), Rows::Sft(t))
+            }
+        };
+        Ok((some(val_rows, n_val), some(test_rows, n_test)))
+    }
+
     fn parse(task: Task, jsonl: &Jsonl) -> Result<Self> {
         Ok(match task {
             Task::Dpo => Rows::Pairs(jsonl.pairs()?),
@@ -586,6 +873,14 @@ impl Rows {
 }
 
 impl Tokenized {
+    fn into_test_data(self) -> TestData {
+        match self {
+            Tokenized::Pairs(rows, _) => TestData::Pairs(rows),
+            Tokenized::SplitPairs(rows, _) => TestData::SplitPairs(rows),
+            Tokenized::Sft(rows, _) => TestData::Completions(rows),
+        }
+    }
+
     fn summary(&self, source: String) -> DataSummary {
         let (kept, dropped) = match self {
             Tokenized::Pairs(rows, dropped) => (rows.len(), *dropped),
@@ -597,5 +892,55 @@ impl Tokenized {
             kept,
             dropped,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::rows::PreferencePair;
+
+    fn rows(n: usize) -> Rows {
+        Rows::Pairs(
+            (0..n)
+                .map(|i| PreferencePair {
+                    prompt: format!("{i}").into(),
+                    chosen: "a".into(),
+                    rejected: "b".into(),
+                })
+                .collect(),
+        )
+    }
+
+    fn prompts(rows: &Rows) -> Vec<String> {
+        match rows {
+            Rows::Pairs(p) => p.iter().map(|p| format!("{:?}", p.prompt)).collect(),
+            Rows::Sft(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn held_out_shares_are_seeded_disjoint_and_rounded_up() {
+        let mut train = rows(10);
+        let (val, test) = train.hold_out(0.1, 0.25, 7).unwrap();
+        let (val, test) = (val.unwrap(), test.unwrap());
+        assert_eq!((train.len(), val.len(), test.len()), (6, 1, 3));
+        let mut all: Vec<String> = [&train, &val, &test]
+            .iter()
+            .flat_map(|r| prompts(r))
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 10, "every row in exactly one part");
+        // The same seed gives the same parts; another seed other ones.
+        let mut again = rows(10);
+        let (_, test_again) = again.hold_out(0.1, 0.25, 7).unwrap();
+        assert_eq!(prompts(&test_again.unwrap()), prompts(&test));
+        let mut other = rows(10);
+        let (_, test_other) = other.hold_out(0.1, 0.25, 8).unwrap();
+        assert_ne!(prompts(&test_other.unwrap()), prompts(&test));
+        // Nothing left to train on is refused.
+        assert!(rows(2).hold_out(0.5, 0.5, 0).is_err());
+        assert!(rows(3).hold_out(0.0, 0.0, 0).unwrap().0.is_none());
     }
 }

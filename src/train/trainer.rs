@@ -54,6 +54,7 @@ enum Objective {
     Dpo {
         train: Vec<TokenizedPair>,
         eval: Vec<TokenizedPair>,
+        test: Vec<TokenizedPair>,
         reference: CausalLm,
         /// The reference is frozen, so each pair's reference log-probs are computed once
         /// (TRL's `precompute_ref_log_probs`, done lazily).
@@ -62,18 +63,29 @@ enum Objective {
     Sft {
         train: Vec<TokenizedCompletion>,
         eval: Vec<TokenizedCompletion>,
+        test: Vec<TokenizedCompletion>,
     },
     ReferenceFree {
         train: Vec<SplitPair>,
         eval: Vec<SplitPair>,
+        test: Vec<SplitPair>,
         method: PreferenceLoss,
     },
+}
+
+/// Held-out test examples, tokenized like the run's training examples: evaluated only when
+/// asked (`Trainer::evaluate_test`), never used to choose anything.
+pub enum TestData {
+    Pairs(Vec<TokenizedPair>),
+    SplitPairs(Vec<SplitPair>),
+    Completions(Vec<TokenizedCompletion>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Split {
     Train,
     Eval,
+    Test,
 }
 
 /// Where the examples are in the schedule: what a resumed run needs besides weights and
@@ -155,13 +167,19 @@ impl Trainer {
             } => Objective::Dpo {
                 train,
                 eval,
+                test: Vec::new(),
                 reference,
                 ref_logps: HashMap::new(),
             },
-            TaskData::Sft { train, eval } => Objective::Sft { train, eval },
+            TaskData::Sft { train, eval } => Objective::Sft {
+                train,
+                eval,
+                test: Vec::new(),
+            },
             TaskData::ReferenceFree { train, eval } => Objective::ReferenceFree {
                 train,
                 eval,
+                test: Vec::new(),
                 method: options.loss.reference_free().ok_or_else(|| {
                     Error::setting("loss", "reference-free data needs the simpo or orpo loss")
                 })?,
@@ -305,10 +323,15 @@ impl Trainer {
             Objective::Dpo {
                 train,
                 eval,
+                test,
                 reference,
                 ref_logps,
             } => {
-                let set = if split == Split::Train { train } else { eval };
+                let set = match split {
+                    Split::Train => train,
+                    Split::Eval => eval,
+                    Split::Test => test,
+                };
                 let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &set[i]).collect();
                 let batch = collate_pairs(
                     &pairs,
@@ -358,8 +381,12 @@ impl Trainer {
                 });
                 (out.loss, vec![out.stats], metrics, fresh)
             }
-            Objective::Sft { train, eval } => {
-                let set = if split == Split::Train { train } else { eval };
+            Objective::Sft { train, eval, test } => {
+                let set = match split {
+                    Split::Train => train,
+                    Split::Eval => eval,
+                    Split::Test => test,
+                };
                 let rows: Vec<&TokenizedCompletion> = indices.iter().map(|&i| &set[i]).collect();
                 let batch = collate_completions(
                     &rows,
@@ -377,9 +404,14 @@ impl Trainer {
             Objective::ReferenceFree {
                 train,
                 eval,
+                test,
                 method,
             } => {
-                let set = if split == Split::Train { train } else { eval };
+                let set = match split {
+                    Split::Train => train,
+                    Split::Eval => eval,
+                    Split::Test => test,
+                };
                 let pairs: Vec<&SplitPair> = indices.iter().map(|&i| &set[i]).collect();
                 let method = *method;
                 let prepared =
@@ -552,7 +584,42 @@ impl Trainer {
     /// Metrics of the current policy on the evaluation examples, in order, aggregated as the
     /// Trainer's `evaluate()` does. `None` without evaluation examples.
     pub async fn evaluate(&mut self) -> Result<Option<Metrics>> {
-        let len = self.eval_len();
+        self.evaluate_split(Split::Eval).await
+    }
+
+    /// [`Trainer::evaluate`] on the test examples (`None` without any).
+    pub async fn evaluate_test(&mut self) -> Result<Option<Metrics>> {
+        self.evaluate_split(Split::Test).await
+    }
+
+    /// Attach held-out test examples of the same kind as the training examples.
+    pub fn set_test_data(&mut self, data: TestData) -> Result<()> {
+        match (&mut self.objective, data) {
+            (Objective::Dpo { test, .. }, TestData::Pairs(rows)) => *test = rows,
+            (Objective::ReferenceFree { test, .. }, TestData::SplitPairs(rows)) => *test = rows,
+            (Objective::Sft { test, .. }, TestData::Completions(rows)) => *test = rows,
+            _ => {
+                return Err(Error::Invalid(
+                    "test examples of another kind than the training examples".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn test_len(&self) -> usize {
+        match &self.objective {
+            Objective::Dpo { test, .. } => test.len(),
+            Objective::Sft { test, .. } => test.len(),
+            Objective::ReferenceFree { test, .. } => test.len(),
+        }
+    }
+
+    async fn evaluate_split(&mut self, split: Split) -> Result<Option<Metrics>> {
+        let len = match split {
+            Split::Test => self.test_len(),
+            _ => self.eval_len(),
+        };
         if len == 0 {
             return Ok(None);
         }
@@ -562,7 +629,7 @@ impl Trainer {
         let mut last = None;
         for start in (0..len).step_by(batch_size) {
             let indices: Vec<usize> = (start..(start + batch_size).min(len)).collect();
-            let (_, readback, to_metrics, fresh) = self.forward(&policy, Split::Eval, &indices);
+            let (_, readback, to_metrics, fresh) = self.forward(&policy, split, &indices);
             let data = self
                 .read_back_and_remember(readback, fresh.into_iter().collect())
                 .await?;
