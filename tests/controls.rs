@@ -241,3 +241,72 @@ fn the_test_report_evaluates_the_starting_and_the_trained_model() {
         "training changed the model"
     );
 }
+
+/// Names of the tensors of `a` that differ from `b` (both `model.safetensors` files).
+fn changed_tensors(a: &std::path::Path, b: &std::path::Path) -> Vec<String> {
+    use dpo_wgpu::io::safetensors::{FileBytes, SafetensorsSource};
+    use dpo_wgpu::model::weights::WeightSource;
+    let open = |p: &std::path::Path| {
+        SafetensorsSource::new("w", vec![("w".into(), FileBytes::map(p).unwrap())]).unwrap()
+    };
+    let (a, b) = (open(a), open(b));
+    let mut names: Vec<String> = a
+        .names()
+        .into_iter()
+        .filter(|n| a.read(n).unwrap().data != b.read(n).unwrap().data)
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn trainable_layers_freezes_everything_below_the_top_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    for (family, expected) in [
+        // Llama (untied head): the top layer, the final norm and the head.
+        ("llama", vec!["lm_head.", "model.layers.1.", "model.norm."]),
+        // GPT-2's head is its token embedding, so that trains too; positions stay frozen.
+        ("gpt2", vec!["h.1.", "ln_f.", "wte."]),
+    ] {
+        let model = common::fixtures().join(family).join("policy");
+        let out = dir.path().join(family);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_dpo-wgpu"))
+            .args([
+                "train",
+                "--backend",
+                "cpu",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+            ])
+            .args(["--lr", "1e-2", "--trainable-layers", "1", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(common::fixtures().join("data.jsonl"))
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{stderr}");
+        let changed = changed_tensors(
+            &out.join("model.safetensors"),
+            &model.join("model.safetensors"),
+        );
+        assert!(!changed.is_empty(), "{family}: nothing trained");
+        for name in &changed {
+            assert!(
+                expected.iter().any(|p| name.contains(p)),
+                "{family}: {name} changed though frozen ({changed:?})"
+            );
+        }
+        for prefix in &expected {
+            assert!(
+                changed.iter().any(|n| n.contains(prefix)),
+                "{family}: nothing under {prefix} trained ({changed:?})"
+            );
+        }
+    }
+}

@@ -176,6 +176,9 @@ pub struct RunArgs {
     pub log_every: usize,
     #[arg(long, default_value = "auto")]
     pub backend: BackendChoice,
+    /// Full fine-tuning of only the top K blocks plus the final norm and the head.
+    #[arg(long)]
+    pub trainable_layers: Option<usize>,
     /// Train LoRA adapters of this rank instead of every weight.
     #[arg(long)]
     pub lora_rank: Option<usize>,
@@ -219,6 +222,7 @@ impl RunArgs {
             test_split: self.test_split,
             early_stopping_patience: self.early_stopping_patience,
             metric_for_best_model: self.metric_for_best_model.clone(),
+            trainable_layers: self.trainable_layers,
             ..OptionOverrides::default()
         };
         if let Some(dpo) = dpo {

@@ -58,6 +58,12 @@ pub fn summary(s: &Summary, options: &TrainOptions, total_steps: usize) {
             s.trainable_parameters
         );
     }
+    if let Some(top) = options.trainable_layers {
+        eprintln!(
+            "training the top {top} blocks, the final norm and the head: {} trainable parameters",
+            s.trainable_parameters
+        );
+    }
     if s.demo {
         eprintln!(
             "no --model/--data: training the built-in demo ({} training pairs, {} held-out pairs \

@@ -135,6 +135,17 @@ impl Gpt2 {
         self.config.n_layer
     }
 
+    /// Freeze the embeddings and every block but the top `top` ones. The head is the token
+    /// embedding (tied), so it stays trainable, and with it the input embedding.
+    pub fn freeze_lower_blocks(mut self, top: usize) -> Self {
+        self.wpe = self.wpe.no_grad();
+        let frozen = self.blocks.len().saturating_sub(top);
+        for block in &mut self.blocks[..frozen] {
+            *block = block.clone().no_grad();
+        }
+        self
+    }
+
     /// `[vocab, d_model]`: GPT-2 always ties the output projection to the token embedding.
     pub fn lm_head(&self) -> Tensor<2> {
         self.wte.weight.val()

@@ -175,6 +175,19 @@ impl Llama {
         self.config.num_hidden_layers
     }
 
+    /// Freeze the token embedding and every layer but the top `top` ones (the final norm and
+    /// the head stay trainable; a head tied to the embedding keeps both trainable).
+    pub fn freeze_lower_blocks(mut self, top: usize) -> Self {
+        if self.lm_head.is_some() {
+            self.embed_tokens = self.embed_tokens.no_grad();
+        }
+        let frozen = self.layers.len().saturating_sub(top);
+        for layer in &mut self.layers[..frozen] {
+            *layer = layer.clone().no_grad();
+        }
+        self
+    }
+
     /// Every projection with its Hugging Face module name (what PEFT's `target_modules` match).
     pub fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
         self.layers

@@ -190,15 +190,20 @@ impl CausalLm {
         params
     }
 
-    /// How many numbers training changes: the adapters' when there are any, else every weight.
+    /// How many numbers training changes: the adapters' when there are any, else every weight
+    /// that is not frozen.
     pub fn trainable_parameter_count(&self) -> usize {
         let adapters = self.adapter_params();
-        let params = if adapters.is_empty() {
-            self.named_params()
-        } else {
-            adapters
-        };
-        params.iter().map(NamedParam::numel).sum()
+        if !adapters.is_empty() {
+            return adapters.iter().map(NamedParam::numel).sum();
+        }
+        let params = self.named_params();
+        let mut ids = std::collections::HashSet::new();
+        params
+            .iter()
+            .filter(|p| p.requires_grad() && ids.insert(p.id))
+            .map(NamedParam::numel)
+            .sum()
     }
 }
 

@@ -103,6 +103,14 @@ impl NamedParam {
         }
     }
 
+    /// Whether training changes it (frozen weights and LoRA's base weights do not).
+    pub fn requires_grad(&self) -> bool {
+        match &self.tensor {
+            ParamTensor::Vector(t) => t.is_require_grad(),
+            ParamTensor::Matrix { tensor, .. } => tensor.is_require_grad(),
+        }
+    }
+
     /// Number of elements.
     pub fn numel(&self) -> usize {
         match &self.tensor {
@@ -188,6 +196,30 @@ impl CausalLm {
     }
 
     /// Longest sequence the model can take, when the architecture has a hard limit.
+    /// Transformer blocks.
+    pub fn num_layers(&self) -> usize {
+        match self {
+            CausalLm::Gpt2(m) => m.layers(),
+            CausalLm::Llama(m) => m.layers(),
+        }
+    }
+
+    /// Train only the top `top` blocks, the final norm and the head: everything below (and the
+    /// input embeddings, unless tied to the head) is frozen.
+    pub fn freeze_lower_blocks(self, top: usize) -> crate::error::Result<Self> {
+        let layers = self.num_layers();
+        if top > layers {
+            return Err(crate::error::Error::setting(
+                "trainable_layers",
+                format!("{top} is more than the model's {layers} blocks"),
+            ));
+        }
+        Ok(match self {
+            CausalLm::Gpt2(m) => CausalLm::Gpt2(m.freeze_lower_blocks(top)),
+            CausalLm::Llama(m) => CausalLm::Llama(m.freeze_lower_blocks(top)),
+        })
+    }
+
     pub fn max_positions(&self) -> Option<usize> {
         match self {
             CausalLm::Gpt2(m) => Some(m.max_positions()),

@@ -98,6 +98,9 @@ pub struct TrainOptions {
     /// names ending in `loss`, higher for the others, as transformers decides.
     #[serde(default = "default_best_metric")]
     pub metric_for_best_model: String,
+    /// Full fine-tuning of only the top K blocks, the final norm and the head (`None`: all).
+    #[serde(default)]
+    pub trainable_layers: Option<usize>,
 }
 
 fn default_best_metric() -> String {
@@ -269,6 +272,7 @@ impl Default for TrainOptions {
             test_split: 0.0,
             early_stopping_patience: None,
             metric_for_best_model: default_best_metric(),
+            trainable_layers: None,
         }
     }
 }
@@ -302,6 +306,7 @@ pub struct OptionOverrides {
     pub test_split: Option<f64>,
     pub early_stopping_patience: Option<usize>,
     pub metric_for_best_model: Option<String>,
+    pub trainable_layers: Option<usize>,
     /// Preference losses (TRL's `loss_type`), weighted by `loss_weights` (default 1 each).
     pub loss: Option<Vec<PreferenceLoss>>,
     pub loss_weights: Option<Vec<f64>>,
@@ -345,6 +350,9 @@ impl OptionOverrides {
         }
         if let Some(metric) = &self.metric_for_best_model {
             o.metric_for_best_model = metric.clone();
+        }
+        if let Some(layers) = self.trainable_layers {
+            o.trainable_layers = Some(layers);
         }
         if let Some(max_steps) = self.max_steps {
             o.max_steps = Some(max_steps);

@@ -403,7 +403,17 @@ impl Run {
                 (None, None) => (origin.clone(), None),
             },
         };
-        let trainable_parameters = policy.trainable_parameter_count();
+        let policy = match options.trainable_layers {
+            Some(_) if lora.is_some() => {
+                return Err(Error::setting(
+                    "trainable_layers",
+                    "applies to full fine-tuning; LoRA already trains only its adapters (choose \
+                     the modules with lora_targets)",
+                ));
+            }
+            Some(top) => policy.freeze_lower_blocks(top)?,
+            None => policy,
+        };
 
         let (mut train_rows, eval_rows, demo_label) = if demo {
             let (train, eval) = demo::pairs(options.seed, demo::DEMO_PAIRS.0, demo::DEMO_PAIRS.1);
@@ -494,7 +504,7 @@ impl Run {
             },
             max_length_fitted,
             lora: lora.clone(),
-            trainable_parameters,
+            trainable_parameters: 0,
             resumed: None,
         };
         let data = match (train, eval) {
@@ -522,10 +532,11 @@ impl Run {
             },
         };
         let mut trainer = Trainer::new(policy, data, tokenizer.pad_id, options, device_ref)?;
+        let mut summary = summary;
+        summary.trainable_parameters = trainer.trainable_parameter_count();
         if let Some(test) = test {
             trainer.set_test_data(test.into_test_data())?;
         }
-        let mut summary = summary;
         if let Some(saved) = &spec.resume {
             checkpoint::restore(&mut trainer, saved)?;
             summary.resumed = Some((saved.label.clone(), trainer.steps_done()));

@@ -252,6 +252,15 @@ impl Trainer {
         }
     }
 
+    /// How many numbers training changes (counted on the training copy of the policy, where
+    /// frozen weights are told apart).
+    pub fn trainable_parameter_count(&self) -> usize {
+        self.policy
+            .as_ref()
+            .expect("policy present")
+            .trainable_parameter_count()
+    }
+
     /// The policy without autodiff, for evaluation or export (shares the weights, no copy).
     pub fn policy(&self) -> CausalLm {
         self.policy.as_ref().expect("policy present").valid()
