@@ -84,7 +84,8 @@
  *   task        "dpo" (default) or "sft"
  *   trainData, evalData   JSONL text or an array of rows: DPO { prompt, chosen, rejected };
  *               SFT { prompt, completion }, { messages: [{ role, content }, ...] } or { text }
- *   optimizer ("adamw" | "sgd"), lr, lrScheduler ("constant" | "linear" | "cosine"), warmupSteps,
+ *   optimizer ("adamw" | "sgd"), adamBeta1, adamBeta2, adamEpsilon, sgdMomentum, sgdNesterov,
+ *   lr, lrScheduler ("constant" | "linear" | "cosine"), warmupSteps,
  *   batchSize, gradientAccumulationSteps, epochs, maxSteps, beta, maxLength, seed, maxGradNorm,
  *   weightDecay, evalBatchSize
  *   loss        array of TRL loss types (default ["sigmoid"]): "sigmoid", "hinge", "ipo", "exo_pair",

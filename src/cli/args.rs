@@ -176,6 +176,21 @@ pub struct RunArgs {
     pub log_every: usize,
     #[arg(long, default_value = "auto")]
     pub backend: BackendChoice,
+    /// AdamW's β₁ (default 0.9).
+    #[arg(long)]
+    pub adam_beta1: Option<f64>,
+    /// AdamW's β₂ (default 0.999).
+    #[arg(long)]
+    pub adam_beta2: Option<f64>,
+    /// AdamW's ε (default 1e-8).
+    #[arg(long)]
+    pub adam_epsilon: Option<f64>,
+    /// SGD momentum (default 0), torch's rule.
+    #[arg(long)]
+    pub sgd_momentum: Option<f64>,
+    /// Nesterov momentum for SGD.
+    #[arg(long)]
+    pub sgd_nesterov: bool,
     /// Full fine-tuning of only the top K blocks plus the final norm and the head.
     #[arg(long)]
     pub trainable_layers: Option<usize>,
@@ -223,6 +238,11 @@ impl RunArgs {
             early_stopping_patience: self.early_stopping_patience,
             metric_for_best_model: self.metric_for_best_model.clone(),
             trainable_layers: self.trainable_layers,
+            adam_beta1: self.adam_beta1,
+            adam_beta2: self.adam_beta2,
+            adam_epsilon: self.adam_epsilon,
+            sgd_momentum: self.sgd_momentum,
+            sgd_nesterov: self.sgd_nesterov.then_some(true),
             ..OptionOverrides::default()
         };
         if let Some(dpo) = dpo {

@@ -4,6 +4,7 @@ use std::str::FromStr;
 
 use burn::module::{ParamGroup, ParamId};
 use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,7 @@ use crate::model::{NamedParam, ParamRole, ParamTensor};
 pub enum OptimizerKind {
     /// torch.optim.AdamW defaults: betas (0.9, 0.999), eps 1e-8.
     AdamW,
-    /// Plain SGD (no momentum), as the Trainer's `optim="sgd"`.
+    /// SGD, as the Trainer's `optim="sgd"` (momentum from `OptimizerSettings`).
     Sgd,
 }
 
@@ -114,11 +115,81 @@ pub fn param_infos(params: &[NamedParam]) -> Vec<ParamInfo> {
         .collect()
 }
 
+/// The optimizer's own settings (transformers' `TrainingArguments` names and defaults; SGD's
+/// momentum as `optim_args="momentum=…"` gives it to torch's SGD).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerSettings {
+    #[serde(default = "default_beta1")]
+    pub adam_beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub adam_beta2: f64,
+    #[serde(default = "default_epsilon")]
+    pub adam_epsilon: f64,
+    /// SGD momentum (0: plain SGD), torch's rule: v = μ·v + g (no dampening), v = g at first.
+    #[serde(default)]
+    pub sgd_momentum: f64,
+    #[serde(default)]
+    pub sgd_nesterov: bool,
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+
+fn default_beta2() -> f64 {
+    0.999
+}
+
+fn default_epsilon() -> f64 {
+    1e-8
+}
+
+impl Default for OptimizerSettings {
+    fn default() -> Self {
+        Self {
+            adam_beta1: default_beta1(),
+            adam_beta2: default_beta2(),
+            adam_epsilon: default_epsilon(),
+            sgd_momentum: 0.0,
+            sgd_nesterov: false,
+        }
+    }
+}
+
+impl OptimizerSettings {
+    pub fn validate(&self) -> Result<(), Error> {
+        use super::options::check;
+        for (field, beta) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            check(field, beta, (0.0..1.0).contains(&beta), "in [0, 1)")?;
+        }
+        let eps = self.adam_epsilon;
+        check(
+            "adam_epsilon",
+            eps,
+            eps.is_finite() && eps > 0.0,
+            "a finite number > 0",
+        )?;
+        let m = self.sgd_momentum;
+        check("sgd_momentum", m, (0.0..1.0).contains(&m), "in [0, 1)")?;
+        if self.sgd_nesterov && m == 0.0 {
+            return Err(Error::setting(
+                "sgd_nesterov",
+                "Nesterov momentum needs sgd_momentum > 0 (torch refuses it otherwise)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Build the optimizer. Weight decay skips biases and normalization weights, as the Hugging Face
 /// Trainer does (`get_decay_parameter_names`).
 pub fn build_optimizer(
     kind: OptimizerKind,
     weight_decay: f64,
+    settings: &OptimizerSettings,
     params: &[ParamInfo],
 ) -> ModuleOptimizer {
     let no_decay = ParamGroup::from_ids(
@@ -132,9 +203,9 @@ pub fn build_optimizer(
         OptimizerKind::AdamW => {
             let config = |wd: f64| {
                 AdamWConfig::new()
-                    .with_beta_1(0.9)
-                    .with_beta_2(0.999)
-                    .with_epsilon(1e-8)
+                    .with_beta_1(settings.adam_beta1 as f32)
+                    .with_beta_2(settings.adam_beta2 as f32)
+                    .with_epsilon(settings.adam_epsilon as f32)
                     .with_weight_decay(wd as f32)
             };
             config(weight_decay)
@@ -143,9 +214,16 @@ pub fn build_optimizer(
         }
         OptimizerKind::Sgd => {
             // torch SGD's weight_decay adds wd·θ to the gradient: burn's WeightDecay does the same.
+            let momentum = (settings.sgd_momentum > 0.0).then(|| {
+                MomentumConfig::new()
+                    .with_momentum(settings.sgd_momentum)
+                    .with_dampening(0.0)
+                    .with_nesterov(settings.sgd_nesterov)
+            });
             let config = |wd: f64| {
                 SgdConfig::new()
                     .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd as f32)))
+                    .with_momentum(momentum.clone())
             };
             config(weight_decay)
                 .init()

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::losses::{FDivergence, LossOptions, LossTerm, PreferenceLoss};
-use super::optim::{LrSchedule, OptimizerKind};
+use super::optim::{LrSchedule, OptimizerKind, OptimizerSettings};
 use crate::error::Error;
 use crate::text::collate::TruncationMode;
 
@@ -101,6 +101,9 @@ pub struct TrainOptions {
     /// Full fine-tuning of only the top K blocks, the final norm and the head (`None`: all).
     #[serde(default)]
     pub trainable_layers: Option<usize>,
+    /// AdamW's betas and epsilon, SGD's momentum.
+    #[serde(flatten)]
+    pub optimizer_settings: OptimizerSettings,
 }
 
 fn default_best_metric() -> String {
@@ -193,6 +196,7 @@ impl TrainOptions {
             self.val_split + self.test_split < 1.0,
             "less than 1 together with val_split (some rows must be left to train on)",
         )?;
+        self.optimizer_settings.validate()?;
         if let Some(patience) = self.early_stopping_patience {
             check(
                 "early_stopping_patience",
@@ -273,6 +277,7 @@ impl Default for TrainOptions {
             early_stopping_patience: None,
             metric_for_best_model: default_best_metric(),
             trainable_layers: None,
+            optimizer_settings: OptimizerSettings::default(),
         }
     }
 }
@@ -307,6 +312,11 @@ pub struct OptionOverrides {
     pub early_stopping_patience: Option<usize>,
     pub metric_for_best_model: Option<String>,
     pub trainable_layers: Option<usize>,
+    pub adam_beta1: Option<f64>,
+    pub adam_beta2: Option<f64>,
+    pub adam_epsilon: Option<f64>,
+    pub sgd_momentum: Option<f64>,
+    pub sgd_nesterov: Option<bool>,
     /// Preference losses (TRL's `loss_type`), weighted by `loss_weights` (default 1 each).
     pub loss: Option<Vec<PreferenceLoss>>,
     pub loss_weights: Option<Vec<f64>>,
@@ -353,6 +363,20 @@ impl OptionOverrides {
         }
         if let Some(layers) = self.trainable_layers {
             o.trainable_layers = Some(layers);
+        }
+        let opt = &mut o.optimizer_settings;
+        for (value, field) in [
+            (self.adam_beta1, &mut opt.adam_beta1),
+            (self.adam_beta2, &mut opt.adam_beta2),
+            (self.adam_epsilon, &mut opt.adam_epsilon),
+            (self.sgd_momentum, &mut opt.sgd_momentum),
+        ] {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        if let Some(v) = self.sgd_nesterov {
+            opt.sgd_nesterov = v;
         }
         if let Some(max_steps) = self.max_steps {
             o.max_steps = Some(max_steps);

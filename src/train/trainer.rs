@@ -186,7 +186,12 @@ impl Trainer {
             },
         };
         let params = param_infos(&policy.optimizer_params());
-        let optimizer = build_optimizer(options.optimizer, options.weight_decay, &params);
+        let optimizer = build_optimizer(
+            options.optimizer,
+            options.weight_decay,
+            &options.optimizer_settings,
+            &params,
+        );
         let steps_per_epoch = train_len
             .div_ceil(options.batch_size)
             .div_ceil(options.gradient_accumulation_steps.max(1));
