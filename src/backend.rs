@@ -30,6 +30,16 @@ impl FromStr for BackendChoice {
     }
 }
 
+impl std::fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Wgpu => "wgpu",
+            Self::Cpu => "cpu",
+        })
+    }
+}
+
 /// A ready device and a one-line description of it.
 #[derive(Debug, Clone)]
 pub struct SelectedDevice {

@@ -15,7 +15,8 @@ use dpo_wgpu::train::run::LoraRequest;
 #[command(
     name = "dpo-wgpu",
     version,
-    about = "Direct Preference Optimization on any GPU"
+    about = "Direct Preference Optimization on any GPU",
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -100,6 +101,11 @@ impl LossArgs {
 /// What `train` and `sft` share.
 #[derive(Args)]
 pub struct RunArgs {
+    /// A TOML file of settings under these flags' names (`lr = 1e-5`, `loss = ["sigmoid"]`);
+    /// flags on the command line override it. Every run writes its effective settings as
+    /// run.toml beside the model.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json), a .gguf
     /// file, or hf:OWNER/NAME[@REVISION].
     #[arg(long)]
@@ -215,6 +221,46 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The settings that are not training options, as given (for the run's `run.toml`).
+    pub fn given_settings(&self, dpo: Option<&TrainArgs>) -> toml::Table {
+        use toml::Value;
+        let mut t = toml::Table::new();
+        let mut text = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                t.insert(key.into(), Value::String(v));
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        text("model", self.model.clone());
+        text("data", path(&self.data));
+        text("eval-data", path(&self.eval_data));
+        text("test-data", path(&self.test_data));
+        text("lora-adapter", path(&self.lora_adapter));
+        text("ref-model", dpo.and_then(|d| d.ref_model.clone()));
+        text("backend", Some(self.backend.to_string()));
+        if let Some(rank) = self.lora_rank {
+            t.insert("lora-rank".into(), Value::Integer(rank as i64));
+        }
+        if let Some(alpha) = self.lora_alpha {
+            t.insert("lora-alpha".into(), Value::Float(alpha));
+        }
+        if let Some(targets) = &self.lora_targets {
+            let list = targets.iter().map(|s| Value::String(s.clone())).collect();
+            t.insert("lora-targets".into(), Value::Array(list));
+        }
+        for (key, n) in [
+            ("eval-every", self.eval_every),
+            ("save-every", self.save_every),
+            ("log-every", self.log_every),
+        ] {
+            t.insert(key.into(), Value::Integer(n as i64));
+        }
+        if self.merge_lora {
+            t.insert("merge-lora".into(), Value::Boolean(true));
+        }
+        t
+    }
+
     /// The settings these flags give (`dpo`: `train`'s own flags).
     pub fn overrides(&self, dpo: Option<&TrainArgs>) -> OptionOverrides {
         let mut o = OptionOverrides {

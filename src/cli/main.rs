@@ -7,6 +7,8 @@ fn main() {}
 #[cfg(not(target_arch = "wasm32"))]
 mod args;
 #[cfg(not(target_arch = "wasm32"))]
+mod config;
+#[cfg(not(target_arch = "wasm32"))]
 mod output;
 #[cfg(not(target_arch = "wasm32"))]
 mod report;
@@ -38,6 +40,7 @@ mod cli {
     use dpo_wgpu::train::run::{Event, Phase, Run, RunSpec, Schedule, check_settings};
 
     use crate::args::{Cli, Command, EvalArgs, GenerateArgs, RunArgs, TrainArgs, flag};
+    use crate::config;
     use crate::output::Staging;
     use crate::report;
 
@@ -67,7 +70,10 @@ mod cli {
                 "internal error{place}: {message} (this is a bug in dpo-wgpu; please report it)"
             );
         }));
-        let cli = Cli::parse();
+        let cli = match config::expand(std::env::args_os().collect()) {
+            Ok(args) => Cli::parse_from(args),
+            Err(e) => return report_error(e),
+        };
         let result = std::panic::catch_unwind(|| match cli.command {
             Command::Train(args) => train(&args.run, Task::Dpo, Some(&args)),
             Command::Sft(args) => train(&args, Task::Sft, None),
@@ -76,17 +82,18 @@ mod cli {
         });
         match result {
             Ok(Ok(code)) => code,
-            Ok(Err(e)) => {
-                match &e {
-                    Error::Setting { field, message } => {
-                        eprintln!("error: {}: {message}", flag(field))
-                    }
-                    e => eprintln!("error: {e}"),
-                }
-                ExitCode::from(if e.is_bad_input() { BAD_INPUT } else { FAILED })
-            }
+            Ok(Err(e)) => report_error(e),
             Err(_) => ExitCode::from(FAILED),
         }
+    }
+
+    /// Print an error (settings under their flag's name) and pick the exit code.
+    fn report_error(e: Error) -> ExitCode {
+        match &e {
+            Error::Setting { field, message } => eprintln!("error: {}: {message}", flag(field)),
+            e => eprintln!("error: {e}"),
+        }
+        ExitCode::from(if e.is_bad_input() { BAD_INPUT } else { FAILED })
     }
 
     fn device(choice: BackendChoice) -> Result<backend::SelectedDevice> {
@@ -146,6 +153,12 @@ mod cli {
             run.trainer.options(),
             run.trainer.total_steps(),
         );
+        let sub = if task == Task::Dpo { "train" } else { "sft" };
+        let settings = config::effective(sub, run.trainer.options(), args.given_settings(dpo));
+        std::fs::write(staging.dir().join("run.toml"), settings).map_err(|e| Error::Io {
+            path: staging.dir().join("run.toml").display().to_string(),
+            source: e,
+        })?;
         let mut log = JsonLog::create(&staging.dir().join("metrics.jsonl"))?;
         let schedule = Schedule {
             eval_every: args.eval_every,
