@@ -240,6 +240,46 @@ fn the_test_report_evaluates_the_starting_and_the_trained_model() {
         tests[0]["test_loss"], tests[1]["test_loss"],
         "training changed the model"
     );
+    // The curves are drawn beside metrics.jsonl, with labelled axes.
+    let svg = std::fs::read_to_string(out.join("metrics.svg")).unwrap();
+    for text in [
+        "<svg",
+        "loss",
+        "reward accuracy",
+        "reward margin",
+        "step",
+        "evaluation",
+    ] {
+        assert!(svg.contains(text), "metrics.svg has no {text:?}");
+    }
+    assert!(
+        svg.matches("<polyline").count() >= 3,
+        "a training curve per panel"
+    );
+}
+
+#[test]
+fn a_terminal_gets_a_progress_bar_with_eta_and_metrics() {
+    // `script` (util-linux, part of every Debian) gives the run a terminal.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let command = format!(
+        "{} train --backend cpu --max-steps 6 --output {}",
+        env!("CARGO_BIN_EXE_dpo-wgpu"),
+        out.display()
+    );
+    let run = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .output()
+        .expect("util-linux's script");
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{text}");
+    assert!(text.contains("6/6 steps"), "no progress bar in:\n{text}");
+    assert!(text.contains("loss") && text.contains("acc"), "{text}");
+    assert!(
+        !text.contains("step    1/6 |"),
+        "no per-step lines under a bar:\n{text}"
+    );
 }
 
 /// Names of the tensors of `a` that differ from `b` (both `model.safetensors` files).

@@ -11,6 +11,8 @@ mod config;
 #[cfg(not(target_arch = "wasm32"))]
 mod output;
 #[cfg(not(target_arch = "wasm32"))]
+mod plot;
+#[cfg(not(target_arch = "wasm32"))]
 mod report;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -42,6 +44,7 @@ mod cli {
     use crate::args::{Cli, Command, EvalArgs, GenerateArgs, RunArgs, TrainArgs, flag};
     use crate::config;
     use crate::output::Staging;
+    use crate::plot;
     use crate::report;
 
     /// Exit codes: bad input (a file's contents, a flag, a path), a failed run (also an internal
@@ -176,11 +179,14 @@ mod cli {
         let mut last_checkpoint = None;
         let stop = || STOP.load(Ordering::SeqCst);
         let patience = run.trainer.options().early_stopping_patience.unwrap_or(0);
+        let progress = report::Progress::new(
+            run.trainer.total_steps(),
+            run.trainer.steps_done(),
+            args.log_every,
+        );
         let outcome = pollster::block_on(run.train(schedule, stop, |event| match event {
             Event::Stepped(r) => {
-                if r.skipped || r.step % args.log_every.max(1) == 0 || r.step == r.total_steps {
-                    report::step(&r);
-                }
+                progress.step(&r);
                 log.write(&r)
             }
             Event::Evaluated {
@@ -193,7 +199,7 @@ mod cli {
                     Phase::During => "eval",
                     Phase::After => "after training",
                 };
-                report::eval(label, step, &metrics);
+                progress.eval(label, step, &metrics);
                 log.write(&metrics.eval_record(step))
             }
             Event::Tested {
@@ -205,29 +211,34 @@ mod cli {
                     Phase::Before => "test, starting model",
                     _ => "test, trained model",
                 };
-                report::eval(label, step, &metrics);
+                progress.eval(label, step, &metrics);
                 log.write(&metrics.prefixed_record("test", step))
             }
             Event::NewBest { step, value } => {
-                eprintln!("best so far: step {step} ({value:.4})");
+                progress.note(format!("best so far: step {step} ({value:.4})"));
                 Ok(())
             }
             Event::StoppedEarly { step, best_step } => {
-                eprintln!(
-                    "early stopping after step {step}: no improvement in {} evaluations; \
-                     keeping the model of step {best_step}",
-                    patience
-                );
+                progress.note(format!(
+                    "early stopping after step {step}: no improvement in {patience} \
+                     evaluations; keeping the model of step {best_step}"
+                ));
                 Ok(())
             }
             Event::Checkpoint { step, files } => {
                 let dir = staging.dir().join(format!("checkpoint-{step}"));
                 write_dir_atomically(&dir, &files)?;
-                eprintln!("saved checkpoint {}", dir.display());
+                progress.note(format!("saved checkpoint {}", dir.display()));
                 last_checkpoint = Some(dir);
                 Ok(())
             }
         }))?;
+        progress.finish();
+        // The curves, drawn from the whole metrics.jsonl (a resumed run's included).
+        let metrics_path = staging.dir().join("metrics.jsonl");
+        if let Err(e) = plot::write(&metrics_path, &staging.dir().join("metrics.svg")) {
+            eprintln!("warning: no plot: {e}");
+        }
         if outcome.interrupted {
             let dir = last_checkpoint.expect("an interrupted run saves a checkpoint");
             eprintln!(

@@ -1,10 +1,13 @@
 //! What the CLI prints: one line per step, evaluations, the run's summary. Metrics go to stdout,
 //! everything else to stderr.
 
+use std::io::IsTerminal;
+
 use dpo_wgpu::io::native::HubProgress;
 use dpo_wgpu::train::metrics::{Metrics, StepReport};
 use dpo_wgpu::train::options::TrainOptions;
 use dpo_wgpu::train::run::{DataSummary, DropReason, Outcome, Summary};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::flag;
 
@@ -101,27 +104,116 @@ pub fn summary(s: &Summary, options: &TrainOptions, total_steps: usize) {
     );
 }
 
-pub fn step(r: &StepReport) {
-    let head = format!("step {:>4}/{}", r.step, r.total_steps);
-    if r.skipped {
-        eprintln!(
-            "warning: {head}: loss {} and gradient norm {} are not both finite; the update was \
-             skipped",
-            r.metrics.loss(),
-            r.grad_norm
-        );
-        return;
+/// Where step and evaluation lines go: a progress bar with ETA and the latest metrics when
+/// stderr is a terminal (lines print above it), plain lines otherwise (logs, pipes, CI).
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    log_every: usize,
+}
+
+impl Progress {
+    pub fn new(total_steps: usize, done: usize, log_every: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total_steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
+                )
+                .expect("a valid template"),
+            );
+            bar.set_position(done as u64);
+            bar.reset_eta();
+            bar
+        });
+        Self {
+            bar,
+            log_every: log_every.max(1),
+        }
     }
+
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => println!("{text}"),
+        }
+    }
+
+    /// A finished step: the bar moves and shows its metrics; without a bar, a line every
+    /// `log_every` steps (and for the last one). A skipped step always warns.
+    pub fn step(&self, r: &StepReport) {
+        if r.skipped {
+            let warning = format!(
+                "warning: step {}/{}: loss {} and gradient norm {} are not both finite; the \
+                 update was skipped",
+                r.step,
+                r.total_steps,
+                r.metrics.loss(),
+                r.grad_norm
+            );
+            match &self.bar {
+                Some(bar) => bar.println(warning),
+                None => eprintln!("{warning}"),
+            }
+            return;
+        }
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(r.step as u64);
+                bar.set_message(short_metrics(&r.metrics));
+            }
+            None if r.step % self.log_every == 0 || r.step == r.total_steps => {
+                self.line(step_line(r))
+            }
+            None => {}
+        }
+    }
+
+    pub fn eval(&self, label: &str, step: usize, m: &Metrics) {
+        match eval_line(label, step, m) {
+            Ok(line) => self.line(line),
+            Err(warning) => match &self.bar {
+                Some(bar) => bar.println(warning),
+                None => eprintln!("{warning}"),
+            },
+        }
+    }
+
+    pub fn note(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
+
+/// The metrics a progress bar shows.
+fn short_metrics(m: &Metrics) -> String {
+    match m.rewards() {
+        Some((accuracy, margin)) => {
+            format!("loss {:.4} acc {accuracy:.3} margin {margin:+.4}", m.loss())
+        }
+        None => format!("loss {:.4}", m.loss()),
+    }
+}
+
+fn step_line(r: &StepReport) -> String {
+    let head = format!("step {:>4}/{}", r.step, r.total_steps);
     let tail = format!(
         "grad {:.3} | lr {:.2e} | {:.3}s",
         r.grad_norm, r.learning_rate, r.seconds
     );
     match &r.metrics {
-        Metrics::Dpo(m) => println!(
+        Metrics::Dpo(m) => format!(
             "{head} | loss {:.4} | acc {:.3} | margin {:+.4} | chosen {:+.4} | rejected {:+.4} | {tail}",
             m.loss, m.rewards_accuracies, m.rewards_margins, m.rewards_chosen, m.rewards_rejected
         ),
-        Metrics::ReferenceFree(m) => println!(
+        Metrics::ReferenceFree(m) => format!(
             "{head} | loss {:.4} | acc {:.3} | margin {:+.4} | chosen {:+.4} | rejected {:+.4} | \
              nll {:.4} | {tail}",
             m.loss,
@@ -131,37 +223,37 @@ pub fn step(r: &StepReport) {
             m.rewards_rejected,
             m.nll_loss
         ),
-        Metrics::Sft(m) => println!(
+        Metrics::Sft(m) => format!(
             "{head} | loss {:.4} | token acc {:.3} | entropy {:.3} | {tail}",
             m.loss, m.mean_token_accuracy, m.entropy
         ),
     }
 }
 
-pub fn eval(label: &str, step: usize, m: &Metrics) {
+/// An evaluation's line, or the warning that its loss is not a number.
+fn eval_line(label: &str, step: usize, m: &Metrics) -> std::result::Result<String, String> {
     if !m.loss().is_finite() {
-        eprintln!(
+        return Err(format!(
             "warning: {label} (step {step}): the evaluation loss is {}, not a finite number",
             m.loss()
-        );
-        return;
+        ));
     }
-    match m {
-        Metrics::Dpo(m) => println!(
+    Ok(match m {
+        Metrics::Dpo(m) => format!(
             "{label} (step {step}) | eval loss {:.4} | reward accuracy {:.3} | margin {:+.4} | \
              logps chosen {:.3} rejected {:.3}",
             m.loss, m.rewards_accuracies, m.rewards_margins, m.logps_chosen, m.logps_rejected
         ),
-        Metrics::ReferenceFree(m) => println!(
+        Metrics::ReferenceFree(m) => format!(
             "{label} (step {step}) | eval loss {:.4} | reward accuracy {:.3} | margin {:+.4} | \
              mean logps chosen {:.3} rejected {:.3}",
             m.loss, m.rewards_accuracies, m.rewards_margins, m.logps_chosen, m.logps_rejected
         ),
-        Metrics::Sft(m) => println!(
+        Metrics::Sft(m) => format!(
             "{label} (step {step}) | eval loss {:.4} | token accuracy {:.3}",
             m.loss, m.mean_token_accuracy
         ),
-    }
+    })
 }
 
 /// The test report: every metric of the starting and the kept model side by side.
