@@ -472,3 +472,83 @@ fn a_config_file_sets_flags_the_command_line_overrides_and_run_toml_reproduces_t
         std::fs::read(second.join("model.safetensors")).unwrap()
     );
 }
+
+#[test]
+fn precomputed_reference_log_probs_match_the_live_reference_and_are_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::fixtures().join("data.jsonl");
+    let train = |out: &str, extra: &[&str]| -> (String, Vec<serde_json::Value>) {
+        let out = dir.path().join(out);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_dpo-wgpu"))
+            .args([
+                "train",
+                "--backend",
+                "cpu",
+                "--max-steps",
+                "4",
+                "--batch-size",
+                "2",
+            ])
+            .args(["--lr", "1e-3", "--eval-every", "2", "--model"])
+            .arg(common::fixtures().join("llama/policy"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--eval-data")
+            .arg(&data)
+            .args(extra)
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{stderr}");
+        let records = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (stderr, records)
+    };
+    let (first, precomputed) = train("first", &["--precompute-ref-log-probs"]);
+    assert!(
+        first.contains("saved to") && first.contains("released"),
+        "{first}"
+    );
+    let (_, live) = train("live", &[]);
+    // Every loss and reward, step and evaluation, as with the reference model in memory.
+    assert_eq!(precomputed.len(), live.len());
+    for (a, b) in precomputed.iter().zip(&live) {
+        for key in [
+            "loss",
+            "rewards/margins",
+            "eval_loss",
+            "eval_rewards/chosen",
+        ] {
+            if let (Some(x), Some(y)) = (a.get(key), b.get(key)) {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!(
+                    (x - y).abs() <= 1e-5 * y.abs().max(1e-3),
+                    "{key}: {x} vs {y}"
+                );
+            }
+        }
+    }
+    // A second run with the same reference and data reads the file: the same run, bit for bit.
+    let (second, reused) = train("second", &["--precompute-ref-log-probs"]);
+    assert!(second.contains("read from"), "{second}");
+    let strip = |records: &[serde_json::Value]| -> Vec<String> {
+        records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.as_object_mut().unwrap().remove("seconds");
+                r.to_string()
+            })
+            .collect()
+    };
+    assert_eq!(strip(&reused), strip(&precomputed));
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("ref-logps"))
+        .unwrap()
+        .collect();
+    assert_eq!(files.len(), 1, "one file for one reference and data set");
+}

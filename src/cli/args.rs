@@ -44,6 +44,11 @@ pub struct TrainArgs {
     pub ref_model: Option<String>,
     #[arg(long)]
     pub beta: Option<f64>,
+    /// Compute the reference's log-probs of every pair before training, keep them in
+    /// ref-logps/ beside --output (reused by later runs with the same reference and data), and
+    /// free the reference model.
+    #[arg(long)]
+    pub precompute_ref_log_probs: bool,
     #[command(flatten)]
     pub loss: LossArgs,
 }
@@ -292,6 +297,7 @@ impl RunArgs {
             ..OptionOverrides::default()
         };
         if let Some(dpo) = dpo {
+            o.precompute_ref_log_probs = dpo.precompute_ref_log_probs.then_some(true);
             dpo.loss.fill(&mut o);
         }
         o

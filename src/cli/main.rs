@@ -13,6 +13,8 @@ mod output;
 #[cfg(not(target_arch = "wasm32"))]
 mod plot;
 #[cfg(not(target_arch = "wasm32"))]
+mod ref_logps;
+#[cfg(not(target_arch = "wasm32"))]
 mod report;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -45,6 +47,7 @@ mod cli {
     use crate::config;
     use crate::output::Staging;
     use crate::plot;
+    use crate::ref_logps;
     use crate::report;
 
     /// Exit codes: bad input (a file's contents, a flag, a path), a failed run (also an internal
@@ -110,7 +113,13 @@ mod cli {
 
     /// A model by path or `hf:` reference.
     fn model(spec: &str, device: &Device) -> Result<ModelBundle> {
-        load_model(&resolve_model(spec, &mut report::hub_progress)?, device)
+        Ok(model_at(spec, device)?.0)
+    }
+
+    /// A model and where its files are (a folder, or a .gguf file).
+    fn model_at(spec: &str, device: &Device) -> Result<(ModelBundle, std::path::PathBuf)> {
+        let path = resolve_model(spec, &mut report::hub_progress)?;
+        Ok((load_model(&path, device)?, path))
     }
 
     /// `train` (DPO) and `sft`.
@@ -125,12 +134,29 @@ mod cli {
         let staging = Staging::begin(&output, args.resume_from.as_deref())?;
         let selected = device(args.backend)?;
         let device = &selected.device;
+        // The files each model is made of: what precomputed reference log-probs are keyed by.
+        let mut reference_files = Vec::new();
+        let policy = match args.model.as_deref() {
+            Some(m) => {
+                let (bundle, path) = model_at(m, device)?;
+                reference_files.push(path);
+                Some(bundle)
+            }
+            None => None,
+        };
+        let explicit_reference = match dpo.and_then(|d| d.ref_model.as_deref()) {
+            Some(m) => {
+                let (bundle, path) = model_at(m, device)?;
+                reference_files = vec![path];
+                Some(bundle.model)
+            }
+            None => {
+                reference_files.extend(args.lora_adapter.clone());
+                None
+            }
+        };
         let spec = RunSpec {
-            model: args
-                .model
-                .as_deref()
-                .map(|m| model(m, device))
-                .transpose()?,
+            model: policy,
             model_label: args.model.clone().unwrap_or_default(),
             rows: args.data.as_deref().map(read_jsonl).transpose()?,
             eval_rows: args.eval_data.as_deref().map(read_jsonl).transpose()?,
@@ -138,10 +164,7 @@ mod cli {
             overrides,
             lora: args.lora(),
             adapter: args.lora_adapter.as_deref().map(read_adapter).transpose()?,
-            reference: match dpo.and_then(|d| d.ref_model.as_deref()) {
-                Some(m) => Some(model(m, device)?.model),
-                None => None,
-            },
+            reference: explicit_reference,
             resume: args
                 .resume_from
                 .as_deref()
@@ -156,6 +179,10 @@ mod cli {
             run.trainer.options(),
             run.trainer.total_steps(),
         );
+        if run.trainer.options().precompute_ref_log_probs {
+            let demo_seed = args.model.is_none().then(|| run.trainer.options().seed);
+            ref_logps::precompute(&mut run.trainer, &output, &reference_files, demo_seed)?;
+        }
         let sub = if task == Task::Dpo { "train" } else { "sft" };
         let settings = config::effective(sub, run.trainer.options(), args.given_settings(dpo));
         std::fs::write(staging.dir().join("run.toml"), settings).map_err(|e| Error::Io {

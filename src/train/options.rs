@@ -104,6 +104,10 @@ pub struct TrainOptions {
     /// AdamW's betas and epsilon, SGD's momentum.
     #[serde(flatten)]
     pub optimizer_settings: OptimizerSettings,
+    /// Compute every reference log-prob before training and free the reference model (the
+    /// shells decide where the values are kept).
+    #[serde(default)]
+    pub precompute_ref_log_probs: bool,
 }
 
 fn default_best_metric() -> String {
@@ -278,6 +282,7 @@ impl Default for TrainOptions {
             metric_for_best_model: default_best_metric(),
             trainable_layers: None,
             optimizer_settings: OptimizerSettings::default(),
+            precompute_ref_log_probs: false,
         }
     }
 }
@@ -317,6 +322,7 @@ pub struct OptionOverrides {
     pub adam_epsilon: Option<f64>,
     pub sgd_momentum: Option<f64>,
     pub sgd_nesterov: Option<bool>,
+    pub precompute_ref_log_probs: Option<bool>,
     /// Preference losses (TRL's `loss_type`), weighted by `loss_weights` (default 1 each).
     pub loss: Option<Vec<PreferenceLoss>>,
     pub loss_weights: Option<Vec<f64>>,
@@ -377,6 +383,9 @@ impl OptionOverrides {
         }
         if let Some(v) = self.sgd_nesterov {
             opt.sgd_nesterov = v;
+        }
+        if let Some(v) = self.precompute_ref_log_probs {
+            o.precompute_ref_log_probs = v;
         }
         if let Some(max_steps) = self.max_steps {
             o.max_steps = Some(max_steps);

@@ -55,7 +55,8 @@ enum Objective {
         train: Vec<TokenizedPair>,
         eval: Vec<TokenizedPair>,
         test: Vec<TokenizedPair>,
-        reference: CausalLm,
+        /// `None` once every example's reference log-probs are known (precomputed).
+        reference: Option<CausalLm>,
         /// The reference is frozen, so each pair's reference log-probs are computed once
         /// (TRL's `precompute_ref_log_probs`, done lazily).
         ref_logps: HashMap<(Split, usize), (f32, f32)>,
@@ -168,7 +169,7 @@ impl Trainer {
                 train,
                 eval,
                 test: Vec::new(),
-                reference,
+                reference: Some(reference),
                 ref_logps: HashMap::new(),
             },
             TaskData::Sft { train, eval } => Objective::Sft {
@@ -347,25 +348,12 @@ impl Trainer {
                     Split::Test => test,
                 };
                 let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &set[i]).collect();
-                let batch = collate_pairs(
-                    &pairs,
-                    max_length,
-                    self.options.truncation_mode,
-                    self.pad_id,
-                );
+                let (batch, score) = self.dpo_batch(&pairs);
                 let tokens = batch.scored_tokens_per_row();
-                let score = ScoreOptions {
-                    token_weights: self
-                        .options
-                        .loss
-                        .ld_alpha
-                        .map(|alpha| ld_token_weights(&batch, alpha)),
-                    ..ScoreOptions::default()
-                };
                 let (chosen_tokens, rejected_tokens) =
                     (tokens[..n].iter().sum(), tokens[n..].iter().sum());
                 let (ref_chosen, ref_rejected, fresh) = reference_logps(
-                    reference,
+                    reference.as_ref(),
                     ref_logps,
                     split,
                     indices,
@@ -595,6 +583,163 @@ impl Trainer {
         Ok(())
     }
 
+    /// DPO pairs collated, and how the reference scores them (LD-DPO's token weights).
+    fn dpo_batch(&self, pairs: &[&TokenizedPair]) -> (ScoringBatch, ScoreOptions) {
+        let batch = collate_pairs(
+            pairs,
+            self.options.max_length,
+            self.options.truncation_mode,
+            self.pad_id,
+        );
+        let score = ScoreOptions {
+            token_weights: self
+                .options
+                .loss
+                .ld_alpha
+                .map(|alpha| ld_token_weights(&batch, alpha)),
+            ..ScoreOptions::default()
+        };
+        (batch, score)
+    }
+
+    /// The DPO examples of a split.
+    fn pairs(&self, split: Split) -> &[TokenizedPair] {
+        match &self.objective {
+            Objective::Dpo {
+                train, eval, test, ..
+            } => match split {
+                Split::Train => train,
+                Split::Eval => eval,
+                Split::Test => test,
+            },
+            _ => &[],
+        }
+    }
+
+    /// What the reference log-probs of this run depend on besides the reference model: every
+    /// example's token ids and the settings that change how they are scored. A hex SHA-256;
+    /// `None` when the run has no reference (SFT, SimPO, ORPO).
+    pub fn reference_data_fingerprint(&self) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        if !matches!(self.objective, Objective::Dpo { .. }) {
+            return None;
+        }
+        let mut h = Sha256::new();
+        let mut put = |x: u64| h.update(x.to_le_bytes());
+        put(1); // format version
+        put(self.options.max_length.map_or(0, |m| m as u64));
+        put(self.options.truncation_mode as u64);
+        put(self.options.loss.ld_alpha.map_or(u64::MAX, f64::to_bits));
+        for split in [Split::Train, Split::Eval, Split::Test] {
+            let pairs = self.pairs(split);
+            put(pairs.len() as u64);
+            for pair in pairs {
+                for ids in [&pair.prompt_ids, &pair.chosen_ids, &pair.rejected_ids] {
+                    put(ids.len() as u64);
+                    for &id in ids.iter() {
+                        put(id as u64);
+                    }
+                }
+            }
+        }
+        Some(format!("{:x}", h.finalize()))
+    }
+
+    /// Compute the reference log-probs of every example not yet known, in batches of
+    /// `eval_batch_size` without gradients (TRL's `precompute_ref_log_probs`).
+    pub async fn precompute_reference_logps(&mut self) -> Result<()> {
+        for split in [Split::Train, Split::Eval, Split::Test] {
+            let len = self.pairs(split).len();
+            let missing: Vec<usize> = match &self.objective {
+                Objective::Dpo { ref_logps, .. } => (0..len)
+                    .filter(|i| !ref_logps.contains_key(&(split, *i)))
+                    .collect(),
+                _ => return Ok(()),
+            };
+            for indices in missing.chunks(self.options.eval_batch_size.max(1)) {
+                let fresh = {
+                    let Objective::Dpo {
+                        reference,
+                        ref_logps,
+                        ..
+                    } = &self.objective
+                    else {
+                        unreachable!("checked above")
+                    };
+                    let pairs: Vec<&TokenizedPair> =
+                        indices.iter().map(|&i| &self.pairs(split)[i]).collect();
+                    let (batch, score) = self.dpo_batch(&pairs);
+                    let (_, _, fresh) = reference_logps(
+                        reference.as_ref(),
+                        ref_logps,
+                        split,
+                        indices,
+                        &batch,
+                        &score,
+                        &self.device,
+                    );
+                    fresh
+                };
+                self.read_back_and_remember(Vec::new(), fresh.into_iter().collect())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every example's reference log-probs, `(chosen, rejected)` per split (train, eval, test),
+    /// once all are known.
+    pub fn reference_logps_table(&self) -> Option<[Vec<(f32, f32)>; 3]> {
+        let Objective::Dpo { ref_logps, .. } = &self.objective else {
+            return None;
+        };
+        let column = |split: Split| -> Option<Vec<(f32, f32)>> {
+            (0..self.pairs(split).len())
+                .map(|i| ref_logps.get(&(split, i)).copied())
+                .collect()
+        };
+        Some([
+            column(Split::Train)?,
+            column(Split::Eval)?,
+            column(Split::Test)?,
+        ])
+    }
+
+    /// Use reference log-probs computed earlier (`reference_logps_table`'s layout).
+    pub fn load_reference_logps(&mut self, table: [Vec<(f32, f32)>; 3]) -> Result<()> {
+        let sizes = [Split::Train, Split::Eval, Split::Test].map(|s| self.pairs(s).len());
+        if table.iter().map(Vec::len).ne(sizes) {
+            return Err(Error::Invalid(
+                "the reference log-probs were computed for other examples".into(),
+            ));
+        }
+        let Objective::Dpo { ref_logps, .. } = &mut self.objective else {
+            return Err(Error::Invalid("this run has no reference model".into()));
+        };
+        for (split, values) in [Split::Train, Split::Eval, Split::Test]
+            .into_iter()
+            .zip(table)
+        {
+            for (i, v) in values.into_iter().enumerate() {
+                ref_logps.insert((split, i), v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Free the reference model once every example's reference log-probs are known.
+    pub fn release_reference(&mut self) -> Result<()> {
+        if self.reference_logps_table().is_none() {
+            return Err(Error::Invalid(
+                "the reference is still needed: not every reference log-prob is known".into(),
+            ));
+        }
+        if let Objective::Dpo { reference, .. } = &mut self.objective {
+            *reference = None;
+        }
+        Ok(())
+    }
+
     /// Metrics of the current policy on the evaluation examples, in order, aggregated as the
     /// Trainer's `evaluate()` does. `None` without evaluation examples.
     pub async fn evaluate(&mut self) -> Result<Option<Metrics>> {
@@ -688,7 +833,7 @@ fn ld_token_weights(batch: &ScoringBatch, alpha: f64) -> Vec<f32> {
 /// Reference log-probs of `indices` as device tensors (chosen, rejected), plus what to read back
 /// into the cache when they were not cached yet.
 fn reference_logps(
-    reference: &CausalLm,
+    reference: Option<&CausalLm>,
     cache: &HashMap<(Split, usize), (f32, f32)>,
     split: Split,
     indices: &[usize],
@@ -710,6 +855,7 @@ fn reference_logps(
             (column(|v| v.0), column(|v| v.1), None)
         }
         None => {
+            let reference = reference.expect("a released reference has every log-prob cached");
             let logps = score_completions_with(reference, batch, score, device).logps;
             (
                 logps.clone().narrow(0, 0, n),

@@ -238,3 +238,42 @@ pub fn load_adapter(
 ) -> Result<(crate::model::CausalLm, crate::model::lora::LoraSettings)> {
     crate::io::peft::load(model, &read_adapter(dir)?, None, device)
 }
+
+/// A hex SHA-256 of `label` and the contents of `paths` (a folder counts as its files, sorted by
+/// name): what a model is, independent of where it lies.
+pub fn hash_files(paths: &[PathBuf], label: &str) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    hasher.update(label.as_bytes());
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut inside: Vec<PathBuf> = fs::read_dir(path)
+                .map_err(|e| Error::io(path.display(), e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            inside.sort();
+            files.extend(inside);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut buffer = vec![0u8; 1 << 20];
+    for file in files {
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        hasher.update(name.as_bytes());
+        let mut f = fs::File::open(&file).map_err(|e| Error::io(file.display(), e))?;
+        loop {
+            let n = f
+                .read(&mut buffer)
+                .map_err(|e| Error::io(file.display(), e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+        }
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
