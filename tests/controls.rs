@@ -352,7 +352,7 @@ fn trainable_layers_freezes_everything_below_the_top_blocks() {
 }
 
 #[test]
-fn sgd_momentum_and_adam_settings_step_as_trl() {
+fn sgd_momentum_adam_settings_and_tr_dpo_step_as_trl() {
     use dpo_wgpu::train::optim::OptimizerSettings;
     let exp: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(common::fixtures().join("optimizers/expected.json")).unwrap(),
@@ -376,7 +376,10 @@ fn sgd_momentum_and_adam_settings_step_as_trl() {
                         adam_beta1: get("adam_beta1").unwrap_or(defaults.adam_beta1),
                         adam_beta2: get("adam_beta2").unwrap_or(defaults.adam_beta2),
                         adam_epsilon: get("adam_epsilon").unwrap_or(defaults.adam_epsilon),
-                        sgd_momentum: if sgd { 0.9 } else { 0.0 },
+                        sgd_momentum: config["optim_args"]
+                            .as_str()
+                            .and_then(|a| a.strip_prefix("momentum="))
+                            .map_or(0.0, |m| m.parse().unwrap()),
                         sgd_nesterov: false,
                     },
                     batch_size: 4,
@@ -385,6 +388,10 @@ fn sgd_momentum_and_adam_settings_step_as_trl() {
                     lr_schedule: LrSchedule::Constant,
                     max_length: Some(64),
                     shuffle: false,
+                    sync_ref_model: config["sync_ref_model"].as_bool().unwrap_or(false),
+                    ref_model_mixup_alpha: get("ref_model_mixup_alpha").unwrap_or(0.6),
+                    ref_model_sync_steps: config["ref_model_sync_steps"].as_u64().unwrap_or(512)
+                        as usize,
                     ..TrainOptions::default()
                 };
                 let mut trainer = common::fixture_dpo_trainer(family, options, &device);

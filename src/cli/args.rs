@@ -49,6 +49,15 @@ pub struct TrainArgs {
     /// free the reference model.
     #[arg(long)]
     pub precompute_ref_log_probs: bool,
+    /// TR-DPO: blend the policy into the reference every --ref-model-sync-steps steps.
+    #[arg(long)]
+    pub sync_ref_model: bool,
+    /// TR-DPO's α: reference ← α·policy + (1 − α)·reference (default 0.6).
+    #[arg(long)]
+    pub ref_model_mixup_alpha: Option<f64>,
+    /// TR-DPO's interval in steps (default 512).
+    #[arg(long)]
+    pub ref_model_sync_steps: Option<usize>,
     #[command(flatten)]
     pub loss: LossArgs,
 }
@@ -298,6 +307,9 @@ impl RunArgs {
         };
         if let Some(dpo) = dpo {
             o.precompute_ref_log_probs = dpo.precompute_ref_log_probs.then_some(true);
+            o.sync_ref_model = dpo.sync_ref_model.then_some(true);
+            o.ref_model_mixup_alpha = dpo.ref_model_mixup_alpha;
+            o.ref_model_sync_steps = dpo.ref_model_sync_steps;
             dpo.loss.fill(&mut o);
         }
         o

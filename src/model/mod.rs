@@ -245,3 +245,48 @@ impl CausalLm {
             .reshape([b, t, self.vocab_size()])
     }
 }
+
+/// The parameters of a module, flattened, in visiting order.
+struct CollectParams(Vec<Tensor<1>>);
+
+impl burn::module::ModuleVisitor for CollectParams {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        let t = param.val();
+        let n = t.shape().num_elements();
+        self.0.push(t.reshape([n]));
+    }
+}
+
+/// Replace each parameter `r` with `(1 − α)·r + α·p`, `p` the same parameter of another model.
+struct Blend {
+    others: std::vec::IntoIter<Tensor<1>>,
+    alpha: f64,
+}
+
+impl burn::module::ModuleMapper for Blend {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        let other = self.others.next().expect("models of one architecture");
+        let alpha = self.alpha;
+        param.map(|r| {
+            let shape = r.shape();
+            r.mul_scalar(1.0 - alpha) + other.reshape(shape).mul_scalar(alpha)
+        })
+    }
+}
+
+impl CausalLm {
+    /// `(1 − α)·self + α·other`, parameter by parameter (TR-DPO's reference update, as TRL's
+    /// `SyncRefModelCallback`). Both models must have the same architecture and no adapters.
+    pub fn blended_with(self, other: &CausalLm, alpha: f64) -> CausalLm {
+        let mut collected = CollectParams(Vec::new());
+        other.visit(&mut collected);
+        let mut blend = Blend {
+            others: collected.0.into_iter(),
+            alpha,
+        };
+        self.map(&mut blend)
+    }
+}

@@ -108,6 +108,22 @@ pub struct TrainOptions {
     /// shells decide where the values are kept).
     #[serde(default)]
     pub precompute_ref_log_probs: bool,
+    /// TR-DPO (Gorbatovski et al. 2024): every `ref_model_sync_steps` steps the reference
+    /// becomes `α·policy + (1 − α)·reference`, α = `ref_model_mixup_alpha`.
+    #[serde(default)]
+    pub sync_ref_model: bool,
+    #[serde(default = "default_mixup_alpha")]
+    pub ref_model_mixup_alpha: f64,
+    #[serde(default = "default_sync_steps")]
+    pub ref_model_sync_steps: usize,
+}
+
+fn default_mixup_alpha() -> f64 {
+    0.6
+}
+
+fn default_sync_steps() -> usize {
+    512
 }
 
 fn default_best_metric() -> String {
@@ -201,6 +217,30 @@ impl TrainOptions {
             "less than 1 together with val_split (some rows must be left to train on)",
         )?;
         self.optimizer_settings.validate()?;
+        let alpha = self.ref_model_mixup_alpha;
+        check(
+            "ref_model_mixup_alpha",
+            alpha,
+            (0.0..=1.0).contains(&alpha),
+            "in [0, 1]",
+        )?;
+        let sync = self.ref_model_sync_steps;
+        check("ref_model_sync_steps", sync, sync >= 1, "at least 1")?;
+        if self.sync_ref_model {
+            if self.precompute_ref_log_probs {
+                return Err(Error::setting(
+                    "sync_ref_model",
+                    "cannot be combined with precompute_ref_log_probs: precomputed log-probs \
+                     assume a fixed reference, and TR-DPO changes it during training",
+                ));
+            }
+            if task != Task::Dpo || self.loss.reference_free().is_some() {
+                return Err(Error::setting(
+                    "sync_ref_model",
+                    "needs a reference model (DPO losses; not SFT, SimPO or ORPO)",
+                ));
+            }
+        }
         if let Some(patience) = self.early_stopping_patience {
             check(
                 "early_stopping_patience",
@@ -283,6 +323,9 @@ impl Default for TrainOptions {
             trainable_layers: None,
             optimizer_settings: OptimizerSettings::default(),
             precompute_ref_log_probs: false,
+            sync_ref_model: false,
+            ref_model_mixup_alpha: default_mixup_alpha(),
+            ref_model_sync_steps: default_sync_steps(),
         }
     }
 }
@@ -323,6 +366,9 @@ pub struct OptionOverrides {
     pub sgd_momentum: Option<f64>,
     pub sgd_nesterov: Option<bool>,
     pub precompute_ref_log_probs: Option<bool>,
+    pub sync_ref_model: Option<bool>,
+    pub ref_model_mixup_alpha: Option<f64>,
+    pub ref_model_sync_steps: Option<usize>,
     /// Preference losses (TRL's `loss_type`), weighted by `loss_weights` (default 1 each).
     pub loss: Option<Vec<PreferenceLoss>>,
     pub loss_weights: Option<Vec<f64>>,
@@ -359,7 +405,10 @@ impl OptionOverrides {
             eval_batch_size,
             truncation_mode,
             val_split,
-            test_split
+            test_split,
+            sync_ref_model,
+            ref_model_mixup_alpha,
+            ref_model_sync_steps
         );
         if let Some(patience) = self.early_stopping_patience {
             o.early_stopping_patience = Some(patience);

@@ -403,6 +403,13 @@ impl Run {
                 (None, None) => (origin.clone(), None),
             },
         };
+        if options.sync_ref_model && lora.is_some() {
+            return Err(Error::setting(
+                "sync_ref_model",
+                "does not work with LoRA: the reference is the frozen base, which the adapters \
+                 cannot be blended into (TRL refuses it with PEFT too); use full fine-tuning",
+            ));
+        }
         let policy = match options.trainable_layers {
             Some(_) if lora.is_some() => {
                 return Err(Error::setting(

@@ -542,6 +542,14 @@ impl Trainer {
             policy
         });
         self.progress.step += 1;
+        if self.options.sync_ref_model
+            && self
+                .progress
+                .step
+                .is_multiple_of(self.options.ref_model_sync_steps)
+        {
+            self.sync_reference();
+        }
         self.non_finite_in_a_row = if finite {
             0
         } else {
@@ -600,6 +608,21 @@ impl Trainer {
             ..ScoreOptions::default()
         };
         (batch, score)
+    }
+
+    /// TR-DPO: reference ← α·policy + (1 − α)·reference; its cached log-probs are stale then.
+    fn sync_reference(&mut self) {
+        let policy = self.policy();
+        let alpha = self.options.ref_model_mixup_alpha;
+        if let Objective::Dpo {
+            reference: Some(reference),
+            ref_logps,
+            ..
+        } = &mut self.objective
+        {
+            *reference = reference.clone().blended_with(&policy, alpha);
+            ref_logps.clear();
+        }
     }
 
     /// The DPO examples of a split.
