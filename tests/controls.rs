@@ -559,3 +559,73 @@ fn precomputed_reference_log_probs_match_the_live_reference_and_are_reused() {
         .collect();
     assert_eq!(files.len(), 1, "one file for one reference and data set");
 }
+
+#[test]
+fn dropout_is_off_unless_asked_seeded_when_on_and_never_touches_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    // The GPT-2 fixture with transformers' default dropout (0.1 everywhere).
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(common::fixtures().join("gpt2/policy")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    for key in ["attn_pdrop", "resid_pdrop", "embd_pdrop"] {
+        config[key] = 0.1.into();
+    }
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let run = |out: &str, extra: &[&str]| -> (Vec<u8>, Vec<serde_json::Value>) {
+        let out = dir.path().join(out);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_dpo-wgpu"))
+            .args([
+                "train",
+                "--backend",
+                "cpu",
+                "--max-steps",
+                "3",
+                "--batch-size",
+                "4",
+            ])
+            .args(["--lr", "1e-2", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(common::fixtures().join("data.jsonl"))
+            .arg("--eval-data")
+            .arg(common::fixtures().join("data.jsonl"))
+            .args(extra)
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let records = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (
+            std::fs::read(out.join("model.safetensors")).unwrap(),
+            records,
+        )
+    };
+    let (off, off_records) = run("off", &[]);
+    let (on, on_records) = run("on", &["--dropout"]);
+    let (again, _) = run("again", &["--dropout"]);
+    assert!(
+        off != on,
+        "with dropout 0.1 in the config, training must differ"
+    );
+    assert!(on == again, "dropout masks are seeded");
+    // The evaluation before training sees no dropout.
+    assert_eq!(off_records[0]["eval_loss"], on_records[0]["eval_loss"]);
+    assert_eq!(
+        off_records[0]["eval_logps/chosen"],
+        on_records[0]["eval_logps/chosen"]
+    );
+}

@@ -211,6 +211,9 @@ pub struct RunArgs {
     /// Nesterov momentum for SGD.
     #[arg(long)]
     pub sgd_nesterov: bool,
+    /// Train with the model config's dropout (off by default, as TRL's disable_dropout).
+    #[arg(long)]
+    pub dropout: bool,
     /// Full fine-tuning of only the top K blocks plus the final norm and the head.
     #[arg(long)]
     pub trainable_layers: Option<usize>,
@@ -298,6 +301,7 @@ impl RunArgs {
             early_stopping_patience: self.early_stopping_patience,
             metric_for_best_model: self.metric_for_best_model.clone(),
             trainable_layers: self.trainable_layers,
+            dropout: self.dropout.then_some(true),
             adam_beta1: self.adam_beta1,
             adam_beta2: self.adam_beta2,
             adam_epsilon: self.adam_epsilon,

@@ -61,13 +61,27 @@ impl PaddingMask {
     }
 }
 
-/// softmax(q·kᵀ·scale + mask)·v for `[batch, heads, queries|keys, head_dim]` inputs.
+/// Zero each element with probability `prob` and scale the rest by 1/(1 − prob), as
+/// `nn.Dropout` in training mode; only while training (on an autodiff device), so evaluation,
+/// generation and the reference are never affected.
+pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
+    if prob <= 0.0 || !x.device().is_autodiff() {
+        return x;
+    }
+    let keep = 1.0 - prob;
+    let mask = x.random_like(burn::tensor::Distribution::Bernoulli(keep));
+    (x * mask).mul_scalar(1.0 / keep)
+}
+
+/// softmax(q·kᵀ·scale + mask)·v for `[batch, heads, queries|keys, head_dim]` inputs, with
+/// `attn_dropout` on the probabilities while training.
 pub fn scaled_dot_product(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
     mask: Option<&Tensor<4, Bool>>,
     scale: f64,
+    attn_dropout: f64,
 ) -> Tensor<4> {
     let [batch, heads, queries, _] = q.dims();
     let keys = k.dims()[2];
@@ -78,7 +92,7 @@ pub fn scaled_dot_product(
             MASKED_SCORE,
         );
     }
-    softmax(scores, 3).matmul(v)
+    dropout(softmax(scores, 3), attn_dropout).matmul(v)
 }
 
 /// `[batch, seq, heads*head_dim]` -> `[batch, heads, seq, head_dim]`

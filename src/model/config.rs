@@ -28,6 +28,17 @@ pub struct Gpt2Config {
     pub scale_attn_by_inverse_layer_idx: bool,
     #[serde(default = "default_true")]
     pub tie_word_embeddings: bool,
+    /// Dropout probabilities, used only when a run turns dropout on (TRL turns it off).
+    #[serde(default = "default_gpt2_dropout")]
+    pub attn_pdrop: f64,
+    #[serde(default = "default_gpt2_dropout")]
+    pub resid_pdrop: f64,
+    #[serde(default = "default_gpt2_dropout")]
+    pub embd_pdrop: f64,
+}
+
+fn default_gpt2_dropout() -> f64 {
+    0.1
 }
 
 /// `LlamaConfig` fields we use (also covers Llama-shaped families such as SmolLM and TinyLlama).
@@ -69,6 +80,9 @@ pub struct LlamaConfig {
     /// gradient. (A list or anything else than an id is treated as no pad token.)
     #[serde(default, deserialize_with = "token_id_or_none")]
     pub pad_token_id: Option<u32>,
+    /// Dropout on the attention probabilities, used only when a run turns dropout on.
+    #[serde(default)]
+    pub attention_dropout: f64,
 }
 
 fn token_id_or_none<'de, D: serde::Deserializer<'de>>(

@@ -7,7 +7,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Bool, Device, Int, Tensor};
 
-use super::attention::{gelu_tanh, merge_heads, scaled_dot_product, split_heads};
+use super::attention::{dropout, gelu_tanh, merge_heads, scaled_dot_product, split_heads};
 use super::cache::KvCache;
 use super::config::Gpt2Config;
 use super::lora::Projection;
@@ -23,6 +23,9 @@ pub struct Gpt2 {
     ln_f: LayerNorm,
     #[module(skip)]
     config: Gpt2Config,
+    /// Apply the config's dropout while training (off unless a run asks: TRL turns it off).
+    #[module(skip)]
+    dropout: bool,
     /// Name prefix found in the checkpoint (`transformer.` for GPT2LMHeadModel, empty for the
     /// original OpenAI export); kept so an export uses the same names.
     #[module(skip)]
@@ -85,6 +88,7 @@ impl Gpt2 {
             blocks,
             ln_f: layer_norm("ln_f")?,
             config: config.clone(),
+            dropout: false,
             prefix: prefix.to_string(),
         })
     }
@@ -102,7 +106,12 @@ impl Gpt2 {
         let positions = Tensor::<1, Int>::arange(start..start + seq as i64, &device)
             .unsqueeze::<2>()
             .expand([batch, seq]);
-        let mut x = self.wte.forward(input_ids) + self.wpe.forward(positions);
+        let p = |prob: f64| if self.dropout { prob } else { 0.0 };
+        let (attn_p, resid_p) = (p(self.config.attn_pdrop), p(self.config.resid_pdrop));
+        let mut x = dropout(
+            self.wte.forward(input_ids) + self.wpe.forward(positions),
+            p(self.config.embd_pdrop),
+        );
         let heads = self.config.n_head;
         let head_dim = self.config.n_embd / heads;
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -120,12 +129,12 @@ impl Gpt2 {
                 .try_into()
                 .expect("c_attn output splits in three");
             let (k, v) = cache.extend(layer, split_heads(k, heads), split_heads(v, heads));
-            let attn = scaled_dot_product(split_heads(q, heads), k, v, mask, scale);
-            x = x + block.attn_proj.forward(merge_heads(attn));
+            let attn = scaled_dot_product(split_heads(q, heads), k, v, mask, scale, attn_p);
+            x = x + dropout(block.attn_proj.forward(merge_heads(attn)), resid_p);
             let mlp = block
                 .mlp_proj
                 .forward(gelu_tanh(block.c_fc.forward(block.ln_2.forward(x.clone()))));
-            x = x + mlp;
+            x = x + dropout(mlp, resid_p);
         }
         cache.advance(seq);
         self.ln_f.forward(x)
@@ -133,6 +142,12 @@ impl Gpt2 {
 
     pub fn layers(&self) -> usize {
         self.config.n_layer
+    }
+
+    /// Turn the config's dropout on or off for training.
+    pub fn with_dropout(mut self, on: bool) -> Self {
+        self.dropout = on;
+        self
     }
 
     /// Freeze the embeddings and every block but the top `top` ones. The head is the token

@@ -27,6 +27,9 @@ pub struct Llama {
     lm_head: Option<Param<Tensor<2>>>,
     #[module(skip)]
     config: LlamaConfig,
+    /// Apply the config's attention dropout while training (off unless a run asks).
+    #[module(skip)]
+    dropout: bool,
 }
 
 #[derive(Module, Debug)]
@@ -122,6 +125,7 @@ impl Llama {
             norm: rms("model.norm.weight")?,
             lm_head,
             config: config.clone(),
+            dropout: false,
         })
     }
 
@@ -161,7 +165,12 @@ impl Llama {
             let (k, v) = cache.extend(index, k, v);
             let k = repeat_kv(k, heads / kv_heads);
             let v = repeat_kv(v, heads / kv_heads);
-            let attn = scaled_dot_product(q, k, v, mask, scale);
+            let attn_p = if self.dropout {
+                self.config.attention_dropout
+            } else {
+                0.0
+            };
+            let attn = scaled_dot_product(q, k, v, mask, scale, attn_p);
             x = x + layer.o_proj.forward(merge_heads(attn));
             let h = layer.post_attention_layernorm.forward(x.clone());
             let gated = silu(layer.gate_proj.forward(h.clone())) * layer.up_proj.forward(h);
@@ -173,6 +182,12 @@ impl Llama {
 
     pub fn layers(&self) -> usize {
         self.config.num_hidden_layers
+    }
+
+    /// Turn the config's dropout on or off for training.
+    pub fn with_dropout(mut self, on: bool) -> Self {
+        self.dropout = on;
+        self
     }
 
     /// Freeze the token embedding and every layer but the top `top` ones (the final norm and

@@ -204,6 +204,14 @@ impl CausalLm {
         }
     }
 
+    /// Apply the config's dropout probabilities while training (TRL's `disable_dropout=False`).
+    pub fn with_dropout(self, on: bool) -> Self {
+        match self {
+            CausalLm::Gpt2(m) => CausalLm::Gpt2(m.with_dropout(on)),
+            CausalLm::Llama(m) => CausalLm::Llama(m.with_dropout(on)),
+        }
+    }
+
     /// Train only the top `top` blocks, the final norm and the head: everything below (and the
     /// input embeddings, unless tied to the head) is frozen.
     pub fn freeze_lower_blocks(self, top: usize) -> crate::error::Result<Self> {

@@ -112,6 +112,10 @@ pub struct TrainOptions {
     /// becomes `α·policy + (1 − α)·reference`, α = `ref_model_mixup_alpha`.
     #[serde(default)]
     pub sync_ref_model: bool,
+    /// Train with the model config's dropout (TRL's `disable_dropout=False`); off by default,
+    /// as in TRL.
+    #[serde(default)]
+    pub dropout: bool,
     #[serde(default = "default_mixup_alpha")]
     pub ref_model_mixup_alpha: f64,
     #[serde(default = "default_sync_steps")]
@@ -324,6 +328,7 @@ impl Default for TrainOptions {
             optimizer_settings: OptimizerSettings::default(),
             precompute_ref_log_probs: false,
             sync_ref_model: false,
+            dropout: false,
             ref_model_mixup_alpha: default_mixup_alpha(),
             ref_model_sync_steps: default_sync_steps(),
         }
@@ -367,6 +372,7 @@ pub struct OptionOverrides {
     pub sgd_nesterov: Option<bool>,
     pub precompute_ref_log_probs: Option<bool>,
     pub sync_ref_model: Option<bool>,
+    pub dropout: Option<bool>,
     pub ref_model_mixup_alpha: Option<f64>,
     pub ref_model_sync_steps: Option<usize>,
     /// Preference losses (TRL's `loss_type`), weighted by `loss_weights` (default 1 each).
@@ -407,6 +413,7 @@ impl OptionOverrides {
             val_split,
             test_split,
             sync_ref_model,
+            dropout,
             ref_model_mixup_alpha,
             ref_model_sync_steps
         );

@@ -420,7 +420,8 @@ impl Run {
             }
             Some(top) => policy.freeze_lower_blocks(top)?,
             None => policy,
-        };
+        }
+        .with_dropout(options.dropout);
 
         let (mut train_rows, eval_rows, demo_label) = if demo {
             let (train, eval) = demo::pairs(options.seed, demo::DEMO_PAIRS.0, demo::DEMO_PAIRS.1);

@@ -186,6 +186,10 @@ impl Trainer {
                 })?,
             },
         };
+        if options.dropout {
+            // Dropout masks come from the device's generator: seeded, so runs repeat.
+            device.seed(options.seed);
+        }
         let params = param_infos(&policy.optimizer_params());
         let optimizer = build_optimizer(
             options.optimizer,
