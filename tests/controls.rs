@@ -193,36 +193,23 @@ fn the_test_report_evaluates_the_starting_and_the_trained_model() {
     let model = common::fixtures().join("gpt2/policy");
     // The same file as eval and test data: the test records must equal the evaluations before
     // and after training.
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dpo-wgpu"))
-        .args([
-            "train",
-            "--backend",
-            "cpu",
+    let test_data = data.display().to_string();
+    let (stderr, records) = train_on_fixture_pairs(
+        &model,
+        &out,
+        true,
+        &[
             "--max-steps",
             "3",
             "--batch-size",
             "4",
-        ])
-        .args(["--lr", "1e-3", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(&data)
-        .arg("--eval-data")
-        .arg(&data)
-        .arg("--test-data")
-        .arg(&data)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
+            "--lr",
+            "1e-3",
+            "--test-data",
+            &test_data,
+        ],
+    );
     assert!(stderr.contains("test set: metric"), "{stderr}");
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let with = |prefix: &str| -> Vec<&serde_json::Value> {
         records
             .iter()
@@ -311,26 +298,13 @@ fn trainable_layers_freezes_everything_below_the_top_blocks() {
     ] {
         let model = common::fixtures().join(family).join("policy");
         let out = dir.path().join(family);
-        let run = std::process::Command::new(env!("CARGO_BIN_EXE_dpo-wgpu"))
-            .args([
-                "train",
-                "--backend",
-                "cpu",
-                "--max-steps",
-                "2",
-                "--batch-size",
-                "4",
-            ])
-            .args(["--lr", "1e-2", "--trainable-layers", "1", "--model"])
-            .arg(&model)
-            .arg("--data")
-            .arg(common::fixtures().join("data.jsonl"))
-            .arg("--output")
-            .arg(&out)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&run.stderr);
-        assert!(run.status.success(), "{stderr}");
+        let args = ["--max-steps", "2", "--batch-size", "4", "--lr", "1e-2"];
+        train_on_fixture_pairs(
+            &model,
+            &out,
+            false,
+            &[&args[..], &["--trainable-layers", "1"]].concat(),
+        );
         let changed = changed_tensors(
             &out.join("model.safetensors"),
             &model.join("model.safetensors"),
@@ -483,38 +457,24 @@ fn a_config_file_sets_flags_the_command_line_overrides_and_run_toml_reproduces_t
 #[test]
 fn precomputed_reference_log_probs_match_the_live_reference_and_are_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let data = common::fixtures().join("data.jsonl");
-    let train = |out: &str, extra: &[&str]| -> (String, Vec<serde_json::Value>) {
-        let out = dir.path().join(out);
-        let run = std::process::Command::new(env!("CARGO_BIN_EXE_dpo-wgpu"))
-            .args([
-                "train",
-                "--backend",
-                "cpu",
-                "--max-steps",
-                "4",
-                "--batch-size",
-                "2",
-            ])
-            .args(["--lr", "1e-3", "--eval-every", "2", "--model"])
-            .arg(common::fixtures().join("llama/policy"))
-            .arg("--data")
-            .arg(&data)
-            .arg("--eval-data")
-            .arg(&data)
-            .args(extra)
-            .arg("--output")
-            .arg(&out)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
-        assert!(run.status.success(), "{stderr}");
-        let records = std::fs::read_to_string(out.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        (stderr, records)
+    let model = common::fixtures().join("llama/policy");
+    let train = |out: &str, extra: &[&str]| {
+        let args = [
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-3",
+            "--eval-every",
+            "2",
+        ];
+        train_on_fixture_pairs(
+            &model,
+            &dir.path().join(out),
+            true,
+            &[&args[..], extra].concat(),
+        )
     };
     let (first, precomputed) = train("first", &["--precompute-ref-log-probs"]);
     assert!(
@@ -576,39 +536,10 @@ fn dropout_is_off_unless_asked_seeded_when_on_and_never_touches_evaluation() {
         config[key] = 0.1.into();
     }
     std::fs::write(model.join("config.json"), config.to_string()).unwrap();
-    let run = |out: &str, extra: &[&str]| -> (Vec<u8>, Vec<serde_json::Value>) {
+    let run = |out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
-        let run = std::process::Command::new(env!("CARGO_BIN_EXE_dpo-wgpu"))
-            .args([
-                "train",
-                "--backend",
-                "cpu",
-                "--max-steps",
-                "3",
-                "--batch-size",
-                "4",
-            ])
-            .args(["--lr", "1e-2", "--model"])
-            .arg(&model)
-            .arg("--data")
-            .arg(common::fixtures().join("data.jsonl"))
-            .arg("--eval-data")
-            .arg(common::fixtures().join("data.jsonl"))
-            .args(extra)
-            .arg("--output")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let records = std::fs::read_to_string(out.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let args = ["--max-steps", "3", "--batch-size", "4", "--lr", "1e-2"];
+        let (_, records) = train_on_fixture_pairs(&model, &out, true, &[&args[..], extra].concat());
         (
             std::fs::read(out.join("model.safetensors")).unwrap(),
             records,
@@ -628,4 +559,38 @@ fn dropout_is_off_unless_asked_seeded_when_on_and_never_touches_evaluation() {
         off_records[0]["eval_logps/chosen"],
         on_records[0]["eval_logps/chosen"]
     );
+}
+
+/// `dpo-wgpu train --backend cpu --model MODEL --data data.jsonl ARGS --output OUT` on the
+/// fixture pairs (also as `--eval-data` when `eval`); fails the test with the run's stderr if
+/// the run fails. Returns stderr and the records of `metrics.jsonl`.
+fn train_on_fixture_pairs(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    eval: bool,
+    args: &[&str],
+) -> (String, Vec<serde_json::Value>) {
+    let data = common::fixtures().join("data.jsonl");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dpo-wgpu"));
+    command
+        .args(["train", "--backend", "cpu", "--model"])
+        .arg(model);
+    command.arg("--data").arg(&data);
+    if eval {
+        command.arg("--eval-data").arg(&data);
+    }
+    let run = command
+        .args(args)
+        .arg("--output")
+        .arg(out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{stderr}");
+    let records = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (stderr, records)
 }

@@ -87,9 +87,10 @@
  *   optimizer ("adamw" | "sgd"), adamBeta1, adamBeta2, adamEpsilon, sgdMomentum, sgdNesterov,
  *   lr, lrScheduler ("constant" | "linear" | "cosine"), warmupSteps,
  *   batchSize, gradientAccumulationSteps, epochs, maxSteps, beta, maxLength, seed, maxGradNorm,
- *   weightDecay, evalBatchSize, truncationMode ("keep_start" | "keep_end"), valSplit, testSplit,
- *   earlyStoppingPatience, metricForBestModel, trainableLayers, dropout, syncRefModel,
- *   refModelMixupAlpha, refModelSyncSteps
+ *   weightDecay, evalBatchSize, truncationMode ("keep_start" | "keep_end"), valSplit (held-out
+ *   share of trainData as evalData), trainableLayers, dropout, syncRefModel, refModelMixupAlpha,
+ *   refModelSyncSteps (the CLI's early stopping, test report and precomputed reference file are
+ *   not in the module yet)
  *   loss        array of TRL loss types (default ["sigmoid"]): "sigmoid", "hinge", "ipo", "exo_pair",
  *               "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero",
  *               "apo_down", "discopop", "sft", "sigmoid_norm"; lossWeights (same length, default 1
