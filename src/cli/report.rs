@@ -143,7 +143,7 @@ impl Progress {
     pub fn step(&self, r: &StepReport) {
         if r.skipped {
             let warning = format!(
-                "warning: step {}/{}: loss {} and gradient norm {} are not both finite; the \
+                "warning: step {:>4}/{}: loss {} and gradient norm {} are not both finite; the \
                  update was skipped",
                 r.step,
                 r.total_steps,
