@@ -594,3 +594,113 @@ fn train_on_fixture_pairs(
         .collect();
     (stderr, records)
 }
+
+#[test]
+fn a_resumed_run_keeps_early_stoppings_best_model_and_patience() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_dpo-wgpu");
+    let args = [
+        "train",
+        "--backend",
+        "cpu",
+        "--eval-every",
+        "4",
+        "--save-every",
+        "4",
+        "--lr",
+        "0.03",
+        "--early-stopping-patience",
+        "2",
+        "--max-steps",
+        "120",
+    ];
+    let whole = dir.path().join("whole");
+    let run = std::process::Command::new(bin)
+        .args(args)
+        .arg("--output")
+        .arg(&whole)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{stderr}");
+    let number_after = |text: &str, key: &str| -> usize {
+        let at = text
+            .find(key)
+            .unwrap_or_else(|| panic!("no {key:?} in {text}"))
+            + key.len();
+        text[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    let stop = number_after(&stderr, "early stopping after step ");
+    let best = number_after(&stderr, "keeping the model of step ");
+    // Resume from the checkpoint after the best evaluation but before the stop: only the saved
+    // state knows the best model then.
+    let from = (best + 4..stop)
+        .step_by(4)
+        .next()
+        .expect("a checkpoint between best and stop");
+    let resumed = dir.path().join("resumed");
+    let run = std::process::Command::new(bin)
+        .args(args)
+        .arg("--resume-from")
+        .arg(whole.join(format!("checkpoint-{from}")))
+        .arg("--output")
+        .arg(&resumed)
+        .output()
+        .unwrap();
+    let resumed_stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{resumed_stderr}");
+    assert_eq!(
+        number_after(&resumed_stderr, "early stopping after step "),
+        stop
+    );
+    assert_eq!(
+        number_after(&resumed_stderr, "keeping the model of step "),
+        best
+    );
+    assert!(
+        std::fs::read(whole.join("model.safetensors")).unwrap()
+            == std::fs::read(resumed.join("model.safetensors")).unwrap(),
+        "the resumed run exports the same best model"
+    );
+}
+
+#[test]
+fn a_resumed_tr_dpo_run_continues_with_the_synced_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("gpt2/policy");
+    let args = [
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.5",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "6",
+        "--sync-ref-model",
+        "--ref-model-sync-steps",
+        "2",
+        "--save-every",
+        "3",
+    ];
+    let whole = dir.path().join("whole");
+    train_on_fixture_pairs(&model, &whole, false, &args);
+    let checkpoint = whole.join("checkpoint-3").display().to_string();
+    let resumed = dir.path().join("resumed");
+    train_on_fixture_pairs(
+        &model,
+        &resumed,
+        false,
+        &[&args[..], &["--resume-from", &checkpoint]].concat(),
+    );
+    assert!(
+        std::fs::read(whole.join("model.safetensors")).unwrap()
+            == std::fs::read(resumed.join("model.safetensors")).unwrap(),
+        "resumed at step 3 (after a sync at step 2) != uninterrupted"
+    );
+}

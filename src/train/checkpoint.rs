@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::metrics::Metrics;
 use super::options::{Task, TrainOptions};
 use super::trainer::{Progress, Trainer};
 use crate::error::{Error, Location, Result};
@@ -22,6 +23,10 @@ use crate::model::weights::WeightSource;
 
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+/// The folder inside a checkpoint that holds early stopping's best model so far.
+pub const BEST_MODEL_DIR: &str = "best-model";
+/// TR-DPO's reference weights (it changes during the run), inside a checkpoint.
+pub const REFERENCE_WEIGHTS: &str = "reference/model.safetensors";
 
 /// `trainer_state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +38,19 @@ pub struct TrainerState {
     pub lora: Option<LoraSettings>,
     /// Parameter name (Hugging Face / PEFT) -> burn parameter id at save time.
     pub param_ids: HashMap<String, u64>,
+    /// Early stopping's bookkeeping (its best model is in `best-model/`).
+    #[serde(default)]
+    pub early_stopping: Option<EarlyStoppingState>,
+}
+
+/// Where early stopping stands: the best evaluation so far and how many since did not beat it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EarlyStoppingState {
+    pub best_step: usize,
+    pub best_value: f64,
+    pub best_metrics: Metrics,
+    pub best_test: Option<Metrics>,
+    pub evaluations_without_improvement: usize,
 }
 
 /// A decoded checkpoint.
@@ -42,6 +60,10 @@ pub struct SavedRun {
     pub state: TrainerState,
     pub optimizer: Vec<u8>,
     pub weights: SavedWeights,
+    /// Early stopping's best model so far, as files (with `state.early_stopping`).
+    pub best_model: Option<ExportedFiles>,
+    /// TR-DPO's reference as it stood (with `state.options.sync_ref_model`).
+    pub reference: Option<Box<dyn WeightSource>>,
 }
 
 /// The model part of a checkpoint.
@@ -69,6 +91,7 @@ pub async fn checkpoint_files(
     trainer: &Trainer,
     task: Task,
     export: &ExportSpec,
+    early_stopping: Option<(EarlyStoppingState, &ExportedFiles)>,
 ) -> Result<ExportedFiles> {
     let policy = trainer.policy();
     let mut files = export.checkpoint_model_files(&policy).await?;
@@ -85,11 +108,28 @@ pub async fn checkpoint_files(
         options: trainer.options().clone(),
         lora: export.lora.clone(),
         param_ids: param_ids(&policy),
+        early_stopping: early_stopping.as_ref().map(|(state, _)| state.clone()),
     };
     files.files.push((
         STATE_FILE.into(),
         serde_json::to_vec_pretty(&state).expect("state serializes"),
     ));
+    if trainer.options().sync_ref_model
+        && let Some(reference) = trainer.reference_model()
+    {
+        let weights = crate::io::bundle::export_weights(reference).await?;
+        let bytes = weights
+            .to_bytes()
+            .map_err(|e| Error::Invalid(format!("serializing the reference: {e}")))?;
+        files.files.push((REFERENCE_WEIGHTS.into(), bytes));
+    }
+    if let Some((_, best)) = early_stopping {
+        for (name, bytes) in &best.files {
+            files
+                .files
+                .push((format!("{BEST_MODEL_DIR}/{name}"), bytes.clone()));
+        }
+    }
     Ok(files)
 }
 
@@ -131,10 +171,40 @@ pub fn read_dir(dir: &std::path::Path) -> Result<SavedRun> {
         Some(_) => SavedWeights::Adapter(read_adapter(dir)?),
         None => SavedWeights::Full(Box::new(weights_in(dir)?)),
     };
+    let best_dir = dir.join(BEST_MODEL_DIR);
+    let best_model = match state.early_stopping {
+        Some(_) => {
+            let mut files = Vec::new();
+            let entries =
+                std::fs::read_dir(&best_dir).map_err(|e| Error::io(best_dir.display(), e))?;
+            for entry in entries {
+                let path = entry.map_err(|e| Error::io(best_dir.display(), e))?.path();
+                let name = path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                if path.is_file() && !name.starts_with('.') {
+                    let bytes = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
+                    files.push((name, bytes));
+                }
+            }
+            Some(ExportedFiles { files })
+        }
+        None => None,
+    };
+    let reference: Option<Box<dyn WeightSource>> = match state.options.sync_ref_model {
+        true => Some(Box::new(crate::io::native::files::weights_file(
+            &dir.join(REFERENCE_WEIGHTS),
+        )?)),
+        false => None,
+    };
     Ok(SavedRun {
         label: dir.display().to_string(),
         state,
         optimizer,
         weights,
+        best_model,
+        reference,
     })
 }

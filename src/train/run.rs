@@ -196,6 +196,8 @@ pub struct Run {
     pub summary: Summary,
     /// With early stopping: the best evaluation so far and the model then, which is exported.
     best: Option<Best>,
+    /// Evaluations since the best one (early stopping's patience count).
+    without_improvement: usize,
 }
 
 /// The best model of a run that keeps it (`early_stopping_patience`).
@@ -515,6 +517,10 @@ impl Run {
             trainable_parameters: 0,
             resumed: None,
         };
+        let synced_reference = match spec.resume.as_ref().and_then(|s| s.reference.as_ref()) {
+            Some(weights) => Some(CausalLm::load(&config, weights.as_ref(), device_ref)?),
+            None => None,
+        };
         let data = match (train, eval) {
             (Tokenized::Pairs(train, _), eval) => TaskData::Dpo {
                 train,
@@ -522,7 +528,12 @@ impl Run {
                     Some(Tokenized::Pairs(eval, _)) => eval,
                     _ => Vec::new(),
                 },
-                reference: spec.reference.unwrap_or_else(|| origin.valid()),
+                reference: match (spec.reference, synced_reference) {
+                    (Some(reference), _) => reference,
+                    // A resumed TR-DPO run continues with the reference as it had become.
+                    (None, Some(synced)) => synced,
+                    (None, None) => origin.valid(),
+                },
             },
             (Tokenized::SplitPairs(train, _), eval) => TaskData::ReferenceFree {
                 train,
@@ -549,6 +560,28 @@ impl Run {
             checkpoint::restore(&mut trainer, saved)?;
             summary.resumed = Some((saved.label.clone(), trainer.steps_done()));
         }
+        // Early stopping resumes where it stood: its best model and patience count.
+        let (best, without_improvement) = match &spec.resume {
+            Some(SavedRun {
+                state:
+                    checkpoint::TrainerState {
+                        early_stopping: Some(state),
+                        ..
+                    },
+                best_model: Some(files),
+                ..
+            }) => (
+                Some(Best {
+                    step: state.best_step,
+                    value: state.best_value,
+                    metrics: state.best_metrics,
+                    test: state.best_test,
+                    files: files.clone(),
+                }),
+                state.evaluations_without_improvement,
+            ),
+            _ => (None, 0),
+        };
         let export = ExportSpec {
             config,
             tokenizer,
@@ -565,7 +598,8 @@ impl Run {
             trainer,
             export,
             summary,
-            best: None,
+            best,
+            without_improvement,
         })
     }
 
@@ -580,7 +614,23 @@ impl Run {
 
     /// Everything to resume this run from where it is.
     pub async fn checkpoint_files(&self) -> Result<ExportedFiles> {
-        checkpoint::checkpoint_files(&self.trainer, self.summary.task, &self.export).await
+        let early_stopping = self.best.as_ref().map(|best| {
+            let state = checkpoint::EarlyStoppingState {
+                best_step: best.step,
+                best_value: best.value,
+                best_metrics: best.metrics,
+                best_test: best.test,
+                evaluations_without_improvement: self.without_improvement,
+            };
+            (state, &best.files)
+        });
+        checkpoint::checkpoint_files(
+            &self.trainer,
+            self.summary.task,
+            &self.export,
+            early_stopping,
+        )
+        .await
     }
 
     /// Train to the end: evaluate before, step (evaluating and checkpointing on `schedule`),
@@ -613,7 +663,6 @@ impl Run {
             })?;
         }
         let mut step_seconds = Vec::new();
-        let mut without_improvement = 0;
         let mut last_eval = None;
         let mut outcome = Outcome {
             before,
@@ -641,11 +690,11 @@ impl Run {
                 last_eval = Some((step, metrics));
                 if let Some(patience) = self.trainer.options().early_stopping_patience {
                     if self.keep_if_best(step, metrics, &mut on_event).await? {
-                        without_improvement = 0;
+                        self.without_improvement = 0;
                     } else {
-                        without_improvement += 1;
+                        self.without_improvement += 1;
                     }
-                    if without_improvement >= patience {
+                    if self.without_improvement >= patience {
                         let best_step = self.best.as_ref().map_or(0, |b| b.step);
                         on_event(Event::StoppedEarly { step, best_step })?;
                         break;

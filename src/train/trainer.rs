@@ -614,6 +614,14 @@ impl Trainer {
         (batch, score)
     }
 
+    /// The reference model, while the run holds one (DPO, until released).
+    pub fn reference_model(&self) -> Option<&CausalLm> {
+        match &self.objective {
+            Objective::Dpo { reference, .. } => reference.as_ref(),
+            _ => None,
+        }
+    }
+
     /// TR-DPO: reference ← α·policy + (1 − α)·reference; its cached log-probs are stale then.
     fn sync_reference(&mut self) {
         let policy = self.policy();

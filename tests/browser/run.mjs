@@ -467,6 +467,20 @@ async function testModelUrl(browser, base) {
     const files = await lora.exportModel();
     lora.terminate();
 
+    progress("ORPO (reference-free): evaluate as TRL's ORPOTrainer");
+    const orpo = await DpoTrainer.create({
+      modelUrl: "/fixtures/llama/policy/",
+      trainData: rows,
+      evalData: rows,
+      loss: ["orpo"],
+      maxLength: 64,
+      evalBatchSize: 3,
+      maxSteps: 1,
+    });
+    const orpoMetrics = await orpo.evaluate();
+    orpo.terminate();
+    const orpoExpected = (await (await fetch("/fixtures/losses/reference_free.json")).json()).eval.llama.orpo;
+
     progress("sharded: create from /__test__/sharded/ (2 shards), generate");
     const shardDownloads = [];
     const sharded = await DpoTrainer.create({
@@ -489,6 +503,8 @@ async function testModelUrl(browser, base) {
       losses: reports.map((r) => r.loss),
       metrics,
       loraInfo,
+      orpoMetrics,
+      orpoExpected,
       loraLosses: loraReports.map((r) => r.loss),
       loraGenerated,
       loraFiles: Object.fromEntries(Object.entries(files).map(([k, v]) => [k, v.length])),
@@ -526,6 +542,12 @@ async function testModelUrl(browser, base) {
   }
   assert(!("model.safetensors" in r.loraFiles), "LoRA export has no model.safetensors (not merged)");
   assert(r.adapterConfig?.r === 2, `adapter_config.json r == 2 (got ${r.adapterConfig?.r})`);
+  for (const key of ["loss", "nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/margins"]) {
+    const ours = r.orpoMetrics?.[key];
+    const trl = r.orpoExpected[`eval_${key}`];
+    assert(isNum(ours) && Math.abs(ours - trl) <= 1e-4 * Math.abs(trl),
+      `ORPO eval ${key} ${ours} == TRL's ${trl} (1e-4 relative)`);
+  }
   const shardNames = Object.keys(SHARDED.files).sort();
   assert(JSON.stringify(r.shardFiles) === JSON.stringify(shardNames),
     `sharded: downloaded ${JSON.stringify(shardNames)} (got ${JSON.stringify(r.shardFiles)})`);
@@ -539,7 +561,7 @@ async function testModelUrl(browser, base) {
       `${g.seconds.toFixed(2)} s); DPO losses ${r.losses.map((l) => l.toFixed(4)).join(", ")}; ` +
       `LoRA loss ${r.loraLosses[0].toFixed(4)}, generates ${lg.newTokens.length} tokens at ` +
       `${lg.tokensPerSecond.toFixed(2)} tokens/s, files [${Object.keys(r.loraFiles).sort().join(", ")}]; ` +
-      `2-shard checkpoint: same greedy ids and loss; ` +
+      `2-shard checkpoint: same greedy ids and loss; ORPO eval loss ${r.orpoMetrics.loss.toFixed(4)} == TRL's; ` +
       `total ${wall.toFixed(1)} s`,
   };
 }

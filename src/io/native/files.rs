@@ -136,8 +136,14 @@ pub fn write_files_atomically(dir: &Path, files: &ExportedFiles) -> Result<()> {
     let mut ordered: Vec<&(String, Vec<u8>)> = files.files.iter().collect();
     ordered.sort_by_key(|(name, _)| name.ends_with(".safetensors"));
     for (name, bytes) in ordered {
-        let path = dir.join(name);
-        let staging = dir.join(format!(".{name}.partial-{}", std::process::id()));
+        // A name may sit in a subfolder (a checkpoint's `best-model/`).
+        let (folder, file) = match name.rsplit_once('/') {
+            Some((folder, file)) => (dir.join(folder), file),
+            None => (dir.to_path_buf(), name.as_str()),
+        };
+        fs::create_dir_all(&folder).map_err(|e| Error::io(folder.display(), e))?;
+        let path = folder.join(file);
+        let staging = folder.join(format!(".{file}.partial-{}", std::process::id()));
         let result = (|| {
             let mut f = fs::File::create(&staging)?;
             f.write_all(bytes)?;
