@@ -339,32 +339,12 @@ impl Trainer {
         let n = indices.len();
         let max_length = self.options.max_length;
         match &self.objective {
-            Objective::Dpo {
-                train,
-                eval,
-                test,
-                reference,
-                ref_logps,
-            } => {
-                let set = match split {
-                    Split::Train => train,
-                    Split::Eval => eval,
-                    Split::Test => test,
-                };
-                let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &set[i]).collect();
-                let (batch, score) = self.dpo_batch(&pairs);
+            Objective::Dpo { .. } => {
+                let (batch, score, ref_chosen, ref_rejected, fresh) =
+                    self.dpo_batch_with_reference(split, indices);
                 let tokens = batch.scored_tokens_per_row();
                 let (chosen_tokens, rejected_tokens) =
                     (tokens[..n].iter().sum(), tokens[n..].iter().sum());
-                let (ref_chosen, ref_rejected, fresh) = reference_logps(
-                    reference.as_ref(),
-                    ref_logps,
-                    split,
-                    indices,
-                    &batch,
-                    &score,
-                    &self.device,
-                );
                 let policy_score = ScoreOptions {
                     aligned: self.options.loss.use_weighting,
                     ..score
@@ -595,10 +575,31 @@ impl Trainer {
         Ok(())
     }
 
-    /// DPO pairs collated, and how the reference scores them (LD-DPO's token weights).
-    fn dpo_batch(&self, pairs: &[&TokenizedPair]) -> (ScoringBatch, ScoreOptions) {
+    /// The DPO pairs of `split` at `indices`, collated, how they are scored (LD-DPO's token
+    /// weights), and their reference log-probs: cached, or computed now (`Fresh`, to cache once
+    /// read back).
+    fn dpo_batch_with_reference(
+        &self,
+        split: Split,
+        indices: &[usize],
+    ) -> (
+        ScoringBatch,
+        ScoreOptions,
+        Tensor<1>,
+        Tensor<1>,
+        Option<Fresh>,
+    ) {
+        let Objective::Dpo {
+            reference,
+            ref_logps,
+            ..
+        } = &self.objective
+        else {
+            unreachable!("only DPO runs have a reference")
+        };
+        let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &self.pairs(split)[i]).collect();
         let batch = collate_pairs(
-            pairs,
+            &pairs,
             self.options.max_length,
             self.options.truncation_mode,
             self.pad_id,
@@ -611,7 +612,16 @@ impl Trainer {
                 .map(|alpha| ld_token_weights(&batch, alpha)),
             ..ScoreOptions::default()
         };
-        (batch, score)
+        let (chosen, rejected, fresh) = reference_logps(
+            reference.as_ref(),
+            ref_logps,
+            split,
+            indices,
+            &batch,
+            &score,
+            &self.device,
+        );
+        (batch, score, chosen, rejected, fresh)
     }
 
     /// The reference model, while the run holds one (DPO, until released).
@@ -692,29 +702,7 @@ impl Trainer {
                 _ => return Ok(()),
             };
             for indices in missing.chunks(self.options.eval_batch_size.max(1)) {
-                let fresh = {
-                    let Objective::Dpo {
-                        reference,
-                        ref_logps,
-                        ..
-                    } = &self.objective
-                    else {
-                        unreachable!("checked above")
-                    };
-                    let pairs: Vec<&TokenizedPair> =
-                        indices.iter().map(|&i| &self.pairs(split)[i]).collect();
-                    let (batch, score) = self.dpo_batch(&pairs);
-                    let (_, _, fresh) = reference_logps(
-                        reference.as_ref(),
-                        ref_logps,
-                        split,
-                        indices,
-                        &batch,
-                        &score,
-                        &self.device,
-                    );
-                    fresh
-                };
+                let (.., fresh) = self.dpo_batch_with_reference(split, indices);
                 self.read_back_and_remember(Vec::new(), fresh.into_iter().collect())
                     .await?;
             }
