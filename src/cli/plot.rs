@@ -33,18 +33,17 @@ pub fn write(metrics_jsonl: &Path, svg: &Path) -> Result<()> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    // Preference runs get loss, accuracy and margin; SFT runs loss and token accuracy.
+    let preference = records.iter().any(|r| r.get("rewards/margins").is_some());
     let panels: Vec<(&str, &str, Vec<(f64, f64)>, Vec<(f64, f64)>)> = PANELS
         .iter()
+        .filter(|(key, _)| !(preference && *key == "mean_token_accuracy"))
         .map(|&(key, label)| {
             let train = series(&records, key);
             let eval = series(&records, &format!("eval_{key}"));
             (key, label, train, eval)
         })
-        .filter(|(key, _, train, _)| {
-            !train.is_empty()
-                && (*key != "mean_token_accuracy"
-                    || !records.iter().any(|r| r.get("rewards/margins").is_some()))
-        })
+        .filter(|(_, _, train, _)| !train.is_empty())
         .collect();
     if panels.is_empty() {
         return Ok(());

@@ -150,10 +150,7 @@ impl Progress {
                 r.metrics.loss(),
                 r.grad_norm
             );
-            match &self.bar {
-                Some(bar) => bar.println(warning),
-                None => eprintln!("{warning}"),
-            }
+            self.note(warning);
             return;
         }
         match &self.bar {
@@ -171,13 +168,11 @@ impl Progress {
     pub fn eval(&self, label: &str, step: usize, m: &Metrics) {
         match eval_line(label, step, m) {
             Ok(line) => self.line(line),
-            Err(warning) => match &self.bar {
-                Some(bar) => bar.println(warning),
-                None => eprintln!("{warning}"),
-            },
+            Err(warning) => self.note(warning),
         }
     }
 
+    /// A message for stderr (above the bar when there is one).
     pub fn note(&self, text: String) {
         match &self.bar {
             Some(bar) => bar.println(text),
