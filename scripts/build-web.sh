@@ -6,7 +6,7 @@
 # Needs only the package registries (crates.io, npm). Works locally and on CI (CI=true).
 #
 #   scripts/build-web.sh            # build dist/
-#   SKIP_NPM=1 scripts/build-web.sh # skip `npm ci` (only needed for tests/browser/run.mjs)
+#   SKIP_NPM=1 scripts/build-web.sh # skip `npm ci` (only needed for tests/browser/*.mjs)
 #
 # CARGO_TARGET_DIR defaults to $HOME/.cache/dpo-wgpu/target (shared with the native build, so a
 # machine that already built dpo-wgpu reuses the compiled dependencies).
@@ -48,10 +48,12 @@ if [[ "$(trunk --version 2>/dev/null || true)" != "trunk $TRUNK_VERSION" ]]; the
 fi
 
 if [[ -z "${SKIP_NPM:-}" ]]; then
-  want=$(node -p 'require("./package.json").devDependencies["playwright-core"]')
-  have=$(node -p 'try { require("./node_modules/playwright-core/package.json").version } catch { "" }')
-  if [[ "$want" != "$have" ]]; then
-    log "npm ci"
+  # Every devDependency (playwright-core, typescript) at its pinned version, or `npm ci`.
+  stale=$(node -p 'Object.entries(require("./package.json").devDependencies).filter(([name, want]) => {
+    try { return require(`./node_modules/${name}/package.json`).version !== want; } catch { return true; }
+  }).map(([name]) => name).join(" ")')
+  if [[ -n "$stale" ]]; then
+    log "npm ci (missing or other version: $stale)"
     npm ci --no-audit --no-fund
   fi
 fi

@@ -141,33 +141,14 @@ fn sft_tokenization_metrics_and_step_match_trl() {
 #[test]
 fn lora_dpo_trains_only_the_adapters() {
     let selected = select(BackendChoice::Cpu).unwrap();
-    let device = selected.device.clone();
-    let dir = fixtures().join("llama/policy");
-    let bundle = load_model(&dir, &device).unwrap();
-    let original = pollster::block_on(export_weights(&bundle.model))
+    let spec = lora_fixture_spec(4, 4);
+    let original = pollster::block_on(export_weights(&spec.model.as_ref().unwrap().model))
         .unwrap()
         .to_bytes()
         .unwrap();
-    let data = read_jsonl(&fixtures().join("data.jsonl")).unwrap();
     let spec = RunSpec {
-        model: Some(bundle),
-        rows: Some(data.clone()),
-        eval_rows: Some(data),
-        overrides: OptionOverrides {
-            learning_rate: Some(1e-2),
-            batch_size: Some(4),
-            max_steps: Some(4),
-            lr_schedule: Some(LrSchedule::Constant),
-            max_length: Some(64),
-            seed: Some(0),
-            ..OptionOverrides::default()
-        },
-        lora: Some(LoraRequest {
-            rank: 4,
-            alpha: Some(8.0),
-            targets: Some(vec!["q_proj".into(), "v_proj".into()]),
-        }),
-        ..RunSpec::new(Task::Dpo)
+        eval_rows: spec.rows.clone(),
+        ..spec
     };
     let run = Run::new(spec, &selected).unwrap();
     let settings = run.export.lora.clone().unwrap();
@@ -313,4 +294,107 @@ fn resuming_a_checkpoint_reproduces_the_uninterrupted_run() {
             load_adapter(base, resumed.path(), &device).unwrap();
         }
     }
+}
+
+/// The LoRA run of the tests above, on the fixture pairs.
+fn lora_fixture_spec(steps: usize, batch_size: usize) -> RunSpec {
+    let bundle = load_model(&fixtures().join("llama/policy"), &cpu()).unwrap();
+    let data = read_jsonl(&fixtures().join("data.jsonl")).unwrap();
+    RunSpec {
+        model: Some(bundle),
+        rows: Some(data),
+        overrides: OptionOverrides {
+            learning_rate: Some(1e-2),
+            batch_size: Some(batch_size),
+            max_steps: Some(steps),
+            lr_schedule: Some(LrSchedule::Constant),
+            max_length: Some(64),
+            seed: Some(0),
+            ..OptionOverrides::default()
+        },
+        lora: Some(LoraRequest {
+            rank: 4,
+            alpha: Some(8.0),
+            targets: Some(vec!["q_proj".into(), "v_proj".into()]),
+        }),
+        ..RunSpec::new(Task::Dpo)
+    }
+}
+
+/// The browser keeps checkpoints as bytes (OPFS): decoded from memory, they resume to the same
+/// next step as the uninterrupted run.
+#[test]
+fn a_checkpoint_in_memory_resumes_to_the_same_next_step() {
+    let selected = select(BackendChoice::Cpu).unwrap();
+    let mut run = Run::new(lora_fixture_spec(4, 2), &selected).unwrap();
+    for _ in 0..2 {
+        pollster::block_on(run.trainer.step()).unwrap();
+    }
+    let files = pollster::block_on(run.checkpoint_files()).unwrap();
+    let uninterrupted = pollster::block_on(run.trainer.step()).unwrap();
+
+    let saved = dpo_wgpu::train::checkpoint::from_files("saved", files.files).unwrap();
+    let resumed_spec = RunSpec {
+        resume: Some(saved),
+        ..lora_fixture_spec(4, 2)
+    };
+    let mut resumed = Run::new(resumed_spec, &selected).unwrap();
+    assert_eq!(resumed.trainer.steps_done(), 2);
+    let next = pollster::block_on(resumed.trainer.step()).unwrap();
+    assert_eq!(next.step, uninterrupted.step);
+    assert_eq!(
+        next.metrics.loss().to_bits(),
+        uninterrupted.metrics.loss().to_bits(),
+        "resumed {} vs uninterrupted {}",
+        next.metrics.loss(),
+        uninterrupted.metrics.loss()
+    );
+}
+
+/// A new round (teach-it-yourself in the page) starts from the current model, which is its
+/// reference: its first loss is ln 2 however far the first round moved, the adapters keep
+/// their trained values, and training on the round's pairs raises their margin.
+#[test]
+fn a_new_round_starts_from_the_current_model_as_its_reference() {
+    let selected = select(BackendChoice::Cpu).unwrap();
+    let mut run = Run::new(lora_fixture_spec(3, 2), &selected).unwrap();
+    pollster::block_on(run.trainer.run(|_| true)).unwrap();
+    let trained = pollster::block_on(run.model_files_merged(true)).unwrap();
+
+    let rows = read_jsonl(&fixtures().join("data.jsonl")).unwrap();
+    let overrides = OptionOverrides {
+        max_steps: Some(4),
+        ..OptionOverrides::default()
+    };
+    let mut spec = pollster::block_on(run.next_round(rows.clone(), overrides)).unwrap();
+    spec.eval_rows = Some(rows);
+    let mut round = Run::new(spec, &selected).unwrap();
+    assert_eq!(round.trainer.steps_done(), 0);
+    assert_eq!(round.trainer.total_steps(), 4);
+    assert_eq!(
+        round.summary.lora, run.summary.lora,
+        "the adapters carry on"
+    );
+    let start = pollster::block_on(round.model_files_merged(true)).unwrap();
+    assert!(
+        start.files == trained.files,
+        "the round starts from the trained model"
+    );
+    let first = pollster::block_on(round.trainer.step()).unwrap();
+    assert_close(
+        "policy = reference at the round's start",
+        first.metrics.loss(),
+        std::f64::consts::LN_2,
+        1e-6,
+        0.0,
+    );
+    for _ in 1..4 {
+        pollster::block_on(round.trainer.step()).unwrap();
+    }
+    let after = pollster::block_on(round.trainer.evaluate()).unwrap();
+    let margin = match after {
+        Some(Metrics::Dpo(m)) => m.rewards_margins,
+        other => panic!("not DPO metrics: {other:?}"),
+    };
+    assert!(margin > 0.0, "the round's margin on its pairs is {margin}");
 }

@@ -80,6 +80,16 @@
  *   weights     Uint8Array/ArrayBuffer: model.safetensors, or a whole .gguf file (detected by its
  *               magic); or { "model-00001-of-00002.safetensors": bytes, ... } for a sharded
  *               checkpoint; copied to the worker
+ *   modelFiles  File[] / FileList (a file picker, drag-and-drop): one .gguf, or the files of a
+ *               Hugging Face folder (sharded or not), read inside the worker (onProgress)
+ *   signal      AbortSignal: cancels the load (downloads stop, the worker ends; rejects with an
+ *               AbortError)
+ *   An explicit DPO reference (default: the model the run starts from): refModelUrl, or
+ *               refWeights with refModel texts, in the same forms as modelUrl / weights / model
+ *   loraAdapter { "adapter_config.json": bytes, "adapter_model.safetensors": bytes }: start
+ *               from a PEFT adapter (it keeps training; the base plus it is the reference)
+ *   resumeFrom  checkpoint files from trainer.checkpoint(): continue that run (with the same
+ *               model and data options) at its step, optimizer state and data order
  *   The data and training:
  *   task        "dpo" (default) or "sft"
  *   trainData, evalData   JSONL text or an array of rows: DPO { prompt, chosen, rejected };
@@ -113,7 +123,7 @@
  *       onStep(report) after each; an aborted `signal` stops between steps and the promise resolves
  *       with the reports done so far
  *   trainer.step() -> Promise<StepReport>   one step: { step, total_steps, epoch, loss, grad_norm,
- *       learning_rate, seconds } and the task's TRL metrics: DPO "rewards/chosen",
+ *       learning_rate, seconds, tokens } and the task's TRL metrics: DPO "rewards/chosen",
  *       "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
  *       "logps/rejected", "logits/chosen", "logits/rejected"; SFT mean_token_accuracy, entropy
  *   trainer.evaluate() -> Promise<metrics | null>        (null without evaluation data)
@@ -133,11 +143,25 @@
  *       trailing incomplete character, or a byte that invalidates one already streamed): `text`
  *       is always the full decode. An aborted `signal` asks the worker to stop after the token
  *       in progress; the promise then resolves with the tokens so far and aborted: true.
- *   trainer.exportModel() -> Promise<{ [fileName]: Uint8Array }>  config.json, model.safetensors,
- *       tokenizer.json, ...; with loraRank (and not mergeLora) adapter_config.json,
- *       adapter_model.safetensors and the tokenizer files (a PEFT adapter)
+ *       generate(prompt, { model: "reference" }) continues it with the reference model instead
+ *   trainer.samplePair(prompt, { temperature = 1, seed = 0, ... }) -> Promise<{ prompt,
+ *       answers: [a, b] }>   two sampled answers (seeds seed and seed + 1) for a person to judge
+ *   trainer.addPairs(rows, settings?) -> Promise<info>   a new round of DPO on rows from the
+ *       current model, which becomes the round's reference; settings override the options
+ *   trainer.pause()                          stops a running train() after the step in progress
+ *   trainer.exportModel({ merge? }?) -> Promise<{ [fileName]: Uint8Array }>  config.json,
+ *       model.safetensors, tokenizer.json, ...; with loraRank (and not merge / mergeLora)
+ *       adapter_config.json, adapter_model.safetensors and the tokenizer files (a PEFT adapter)
+ *   trainer.checkpoint() -> Promise<{ [fileName]: Uint8Array }>   the CLI's checkpoint-N/ files
+ *   trainer.saveToOpfs(name, { extra }?) -> Promise<{ name, step, totalSteps, savedAt, extra }>
+ *       keeps the run in this browser's Origin Private File System (web/opfs-store.js)
+ *   DpoTrainer.resumeSaved(name, { onProgress, signal, ...urls }?) -> Promise<DpoTrainer>
+ *   DpoTrainer.listSaved() -> Promise<[{ name, step, totalSteps, savedAt, extra }]>
+ *   DpoTrainer.deleteSaved(name) -> Promise<void>
  *   trainer.info() -> Promise<{ device, family, task, demo, lora, trainExamples, evalExamples,
- *       totalSteps, stepsDone, options }>   (lora: { rank, alpha, targets, ... } or null)
+ *       totalSteps, stepsDone, options, summary }>   (lora: { rank, alpha, targets, ... } or
+ *       null; summary: { train: { source, kept, dropped }, eval, dropReason,
+ *       trainableParameters, parameters, maxLengthFitted })
  *   trainer.terminate()                                  stops the worker; later calls reject
  *   checkWebGPU() -> Promise<{ ok: true, adapter } | { ok: false, reason }>
  *   resolveModelUrl(modelUrl, base?) -> string           the URL a modelUrl downloads from
@@ -148,6 +172,11 @@
  */
 
 import { resolveModelUrl as resolveFromSource } from "./model-source.js";
+import { checkRunName, deleteRun, listRuns } from "./opfs-store.js";
+
+function abortError() {
+  return new DOMException("cancelled: the model was not loaded", "AbortError");
+}
 
 /** Thrown by DpoTrainer.create (and returned by checkWebGPU) when WebGPU cannot be used. */
 export class WebGpuUnavailableError extends Error {
@@ -263,30 +292,74 @@ export class DpoTrainer {
    * @returns {Promise<DpoTrainer>}
    */
   static async create(options = {}) {
-    const { weights, modelUrl, onProgress, baseUrl, jsUrl, wasmUrl, workerUrl, ...trainerOptions } =
-      options ?? {};
-    if (modelUrl != null && weights != null) {
-      throw new TypeError("pass either modelUrl or weights, not both");
+    const {
+      weights, modelUrl, modelFiles, refWeights, refModelUrl, loraAdapter, resumeFrom,
+      onProgress, signal, baseUrl, jsUrl, wasmUrl, workerUrl, ...trainerOptions
+    } = options ?? {};
+    const given = [modelUrl, weights, modelFiles].filter((x) => x != null).length;
+    if (given > 1) throw new TypeError("pass one of modelUrl, weights and modelFiles, not several");
+    if (refModelUrl != null && refWeights != null) {
+      throw new TypeError("pass either refModelUrl or refWeights, not both");
     }
     const docBase = documentBase();
-    const modelSource = modelUrl != null ? resolveModelUrl(modelUrl, docBase) : null;
+    const source = {
+      options: defined(trainerOptions),
+      modelUrl: modelUrl != null ? resolveModelUrl(modelUrl, docBase) : null,
+      modelFiles: modelFiles != null ? Array.from(modelFiles) : null,
+      weights: weights ?? null,
+      refModelUrl: refModelUrl != null ? resolveModelUrl(refModelUrl, docBase) : null,
+      refWeights: refWeights ?? null,
+      loraAdapter: loraAdapter ?? null,
+    };
+    return DpoTrainer._start("init", { source, resumeFrom: resumeFrom ?? null }, {
+      onProgress, signal, baseUrl, jsUrl, wasmUrl, workerUrl,
+    });
+  }
+
+  /**
+   * Resumes a run saved with `saveToOpfs(name)` (in this browser, for this site) at the step it
+   * was saved: same model, data, settings, optimizer state and data order. A model that came
+   * from a URL is downloaded again (`onProgress`); one from disk or bytes was saved with it.
+   * @param {string} name
+   * @param {object} [options] onProgress, signal, baseUrl, jsUrl, wasmUrl, workerUrl
+   * @returns {Promise<DpoTrainer>}
+   */
+  static resumeSaved(name, options = {}) {
+    return DpoTrainer._start("initSaved", { name: checkRunName(name) }, options ?? {});
+  }
+
+  /** The runs saved in this browser (OPFS), newest first: [{ name, step, totalSteps, savedAt, extra }]. */
+  static listSaved() {
+    return listRuns();
+  }
+
+  /** Deletes a saved run (no error when there is none). */
+  static deleteSaved(name) {
+    return deleteRun(name);
+  }
+
+  /** @private Spawns the worker and sends it `method` (init or initSaved). */
+  static async _start(method, params, { onProgress, signal, baseUrl, jsUrl, wasmUrl, workerUrl }) {
+    const docBase = documentBase();
     const gpu = await checkWebGPU();
     if (!gpu.ok) throw new WebGpuUnavailableError(gpu.reason);
+    if (signal?.aborted) throw abortError();
     const base = baseUrl != null ? resolveUrl(baseUrl, docBase) : new URL("../", import.meta.url).href;
     const baseDir = base.endsWith("/") ? base : `${base}/`;
     const worker = spawnWorker(
       workerUrl != null ? resolveUrl(workerUrl, docBase) : new URL("./worker.js", import.meta.url).href,
     );
     const trainer = new DpoTrainer(worker);
+    // Cancelling a load ends the worker: downloads stop, memory is freed.
+    const cancel = () => trainer._die("cancelled: the model was not loaded");
+    signal?.addEventListener("abort", cancel, { once: true });
     try {
       trainer._info = await trainer._call(
-        "init",
+        method,
         {
           jsUrl: jsUrl != null ? resolveUrl(jsUrl, docBase) : resolveUrl("dpo-wgpu.js", baseDir),
           wasmUrl: wasmUrl != null ? resolveUrl(wasmUrl, docBase) : resolveUrl("dpo-wgpu_bg.wasm", baseDir),
-          options: defined(trainerOptions),
-          weights: weights ?? null,
-          modelUrl: modelSource,
+          ...params,
         },
         {
           onEvent: (m) => {
@@ -298,7 +371,9 @@ export class DpoTrainer {
       );
     } catch (err) {
       trainer.terminate();
-      throw err;
+      throw signal?.aborted ? abortError() : err;
+    } finally {
+      signal?.removeEventListener("abort", cancel);
     }
     return trainer;
   }
@@ -313,13 +388,23 @@ export class DpoTrainer {
     const left = Math.max(0, info.totalSteps - info.stepsDone);
     const n = steps == null ? left : Math.min(Math.max(0, Math.floor(steps)), left);
     const reports = [];
-    for (let i = 0; i < n; i++) {
-      if (signal?.aborted) break;
-      const report = await this.step();
-      reports.push(report);
-      if (onStep) await onStep(report);
+    const paused = (this._pause = new AbortController()).signal;
+    try {
+      for (let i = 0; i < n; i++) {
+        if (signal?.aborted || paused.aborted) break;
+        const report = await this.step();
+        reports.push(report);
+        if (onStep) await onStep(report);
+      }
+    } finally {
+      if (this._pause?.signal === paused) this._pause = null;
     }
     return reports;
+  }
+
+  /** Stops a running `train()` after the step in progress (it resolves); `train()` resumes. */
+  pause() {
+    this._pause?.abort();
   }
 
   /** One optimizer step. @returns {Promise<object>} the StepReport */
@@ -356,11 +441,59 @@ export class DpoTrainer {
   }
 
   /**
-   * The current model as files: a Hugging Face model folder, or with loraRank (and not
-   * mergeLora) a PEFT adapter. @returns {Promise<Record<string, Uint8Array>>}
+   * Two answers to `prompt` sampled from the current model (for a person to pick the better
+   * one): the same sampling settings, seeds `seed` and `seed + 1`.
+   * @param {string} prompt
+   * @param {{temperature?: number, topK?: number, topP?: number, seed?: number,
+   *   maxNewTokens?: number, chat?: boolean, system?: string}} [opts] temperature defaults to 1
+   * @returns {Promise<{prompt: string, answers: [string, string]}>}
    */
-  exportModel() {
-    return this._call("exportModel");
+  async samplePair(prompt, { seed = 0, temperature = 1, ...options } = {}) {
+    if (!(temperature > 0)) throw new RangeError("samplePair needs a temperature above 0 (two greedy answers are the same)");
+    const answers = [];
+    for (const s of [seed, seed + 1]) {
+      answers.push((await this.generate(prompt, { ...options, temperature, seed: s })).text);
+    }
+    return { prompt: String(prompt), answers };
+  }
+
+  /**
+   * A new round of DPO on `rows` (JSONL text or { prompt, chosen, rejected } objects) starting
+   * from the current model, which becomes the round's reference (iterative DPO: answers sampled
+   * from this model, judged by a person). `settings` override the run's options (maxSteps, lr,
+   * beta, ...); the schedule starts over at step 0. LoRA runs keep training their adapters.
+   * @returns {Promise<object>} the new info
+   */
+  addPairs(rows, settings = {}) {
+    return this._call("addPairs", { rows, settings: defined(settings) });
+  }
+
+  /**
+   * Everything to resume the run where it is: the model (or PEFT adapter), optimizer.safetensors and
+   * trainer_state.json (the CLI's checkpoint-N/ folder). `DpoTrainer.create({ ...sameOptions,
+   * resumeFrom: files })` continues from it. @returns {Promise<Record<string, Uint8Array>>}
+   */
+  checkpoint() {
+    return this._call("checkpoint");
+  }
+
+  /**
+   * Saves the run in this browser's Origin Private File System under `name` (a checkpoint plus
+   * what rebuilds the run: options, data, the model's bytes or URL); `extra` is any JSON kept
+   * with it. `DpoTrainer.resumeSaved(name)` continues from it, also after a reload.
+   * @returns {Promise<{name: string, step: number, totalSteps: number, savedAt: string, extra: unknown}>}
+   */
+  saveToOpfs(name, { extra } = {}) {
+    return this._call("saveToOpfs", { name: checkRunName(name), extra: extra ?? null });
+  }
+
+  /**
+   * The current model as files: a Hugging Face model folder, or with loraRank a PEFT adapter;
+   * `{ merge: true }` folds the adapters in (a full model), `{ merge: false }` gives the adapter
+   * (default: the mergeLora option). @returns {Promise<Record<string, Uint8Array>>}
+   */
+  exportModel(options = {}) {
+    return this._call("exportModel", { options: defined(options) });
   }
 
   /**

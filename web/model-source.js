@@ -191,3 +191,34 @@ export async function fetchModel(url, download) {
   }
   return { model, weights };
 }
+
+/**
+ * The same model read from local files (a file picker or drag-and-drop: one `.gguf`, or the files
+ * of a Hugging Face folder, sharded or not), by their names. Returns what fetchModel returns.
+ * `read(file, name, { text })` reads one File (the caller reports progress).
+ * @param {File[]} files
+ */
+export async function modelFromFiles(files, read) {
+  const byName = new Map();
+  for (const file of files) byName.set(file.name, file);
+  const ggufs = [...byName.keys()].filter((name) => isGguf(name));
+  if (ggufs.length > 1) {
+    throw new Error(`choose one .gguf file, not ${ggufs.length} (${ggufs.join(", ")})`);
+  }
+  if (files.length === 0) throw new Error("no model files were chosen");
+  const base = "file:///model/";
+  const url = ggufs.length === 1 ? base + encodeURIComponent(ggufs[0]) : base;
+  return fetchModel(url, async (fileUrl, name, opts) => {
+    const file = byName.get(name);
+    if (!file) {
+      if (MODEL_LAYOUT.required.includes(name)) {
+        throw new Error(
+          `${name} is missing among the chosen files (${[...byName.keys()].join(", ")}): choose ` +
+            "one .gguf file, or every file of a Hugging Face model folder",
+        );
+      }
+      throw new NotFound(`${name}: not among the chosen files`);
+    }
+    return read(file, name, opts ?? {});
+  });
+}

@@ -4,27 +4,38 @@
 //
 // Protocol (structured-clone messages):
 //   page -> worker  { id, method, params }
-//   page -> worker  { type: "cancel", target: id }      (unanswered: asks the generate call `id`
-//                                                       to stop after the token in progress)
+//   page -> worker  { type: "cancel", target: id }      (unanswered: asks the call `id` to stop:
+//                                                       a generation after the token in progress,
+//                                                       a download at once)
 //   worker -> page  { id, ok: true, result } | { id, ok: false, error: string }
-//   worker -> page  { type: "progress", id, file, url, loaded, total }   (during init with a
-//                                                       modelUrl; total is null when unknown)
+//   worker -> page  { type: "progress", id, file, url, loaded, total }   (during init, while model
+//                                                       files download or are read; total is null
+//                                                       when unknown)
 //   worker -> page  { type: "token", id, delta, token }  (during generate, one per new token)
 //   worker -> page  { type: "fatal", error: string }   (unsolicited: a Rust panic / uncaught
 //                                                       error; the instance is unusable after it)
 // Methods:
-//   init { jsUrl, wasmUrl, options, weights?, modelUrl? } -> info   (loads the wasm, fetches the
-//        model files when modelUrl is given, Trainer.create)
-//   step -> StepReport
-//   evaluate -> metrics | null
+//   init { jsUrl, wasmUrl, source, resumeFrom? } -> info   loads the wasm, fetches or reads the
+//        model (source: { options, modelUrl?, modelFiles?, weights?, refModelUrl?, refWeights?,
+//        loraAdapter? }), Trainer.create
+//   initSaved { jsUrl, wasmUrl, name } -> info   the same from a run saved in OPFS
+//   step -> StepReport;  evaluate -> metrics | null;  info -> info
 //   generate { prompt, options } -> { text, promptTokens, newTokens, seconds, tokensPerSecond }
-//   exportModel -> { [fileName]: Uint8Array }            (buffers are transferred)
-//   info -> info
+//   exportModel { options } -> { [fileName]: Uint8Array }  (buffers are transferred)
+//   checkpoint -> { [fileName]: Uint8Array }               (buffers are transferred)
+//   addPairs { rows, settings } -> info                   a new round from the current model
+//   saveToOpfs { name, extra } -> { name, step, totalSteps, savedAt, extra }
 // Calls are answered in order; the page side sends one at a time.
 
-import { NotFound, fetchModel } from "./model-source.js";
+import { NotFound, fetchModel, modelFromFiles, optionKey } from "./model-source.js";
+import { loadRun, saveRun } from "./opfs-store.js";
 
 let trainer = null;
+let wasm = null;
+// How to rebuild the run (for OPFS saves): create options and where the weights came from. A
+// new round (addPairs) replaces it with the round's start model; sourceId counts the changes.
+let source = null;
+let sourceId = 0;
 let fatalError = null;
 let lastConsoleError = "";
 const inFlight = new Set();
@@ -145,42 +156,97 @@ async function download(url, file, onProgress, { text = false } = {}) {
 
 // ---------------------------------------------------------------------------------------------
 
+/** Reads one local File (a model from disk), reporting progress like a download. */
+async function readLocal(file, name, onProgress, { text = false } = {}) {
+  const total = file.size;
+  onProgress({ file: name, url: null, loaded: 0, total });
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  onProgress({ file: name, url: null, loaded: total, total });
+  return text ? new TextDecoder().decode(bytes) : bytes;
+}
+
+function asBytes(w) {
+  if (w instanceof ArrayBuffer) return new Uint8Array(w);
+  if (ArrayBuffer.isView(w) && !(w instanceof Uint8Array)) {
+    return new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
+  }
+  if (w != null && !(w instanceof Uint8Array) && typeof w === "object") {
+    // safetensors shards or adapter files: { fileName: bytes }
+    return Object.fromEntries(Object.entries(w).map(([name, b]) => [name, asBytes(b)]));
+  }
+  return w;
+}
+
+/** A model as { model: texts, weights }: fetched from a URL, read from Files, or as given. */
+async function obtainModel({ url, files, weights, texts }, progress) {
+  let fetched = null;
+  if (url) {
+    fetched = await fetchModel(url, (u, file, opts) => download(u, file, progress, opts));
+  } else if (files?.length) {
+    fetched = await modelFromFiles(files, (file, name, opts) => readLocal(file, name, progress, opts));
+  }
+  if (!fetched) return { texts, weights: asBytes(weights) };
+  // Texts given in options (e.g. a chatTemplate) take precedence over fetched ones.
+  return {
+    texts: fetched.model ? { ...fetched.model, ...(texts ?? {}) } : texts,
+    weights: fetched.weights,
+  };
+}
+
+async function start({ jsUrl, wasmUrl, source: given, resumeFrom }, id) {
+  if (trainer) throw new Error("already initialized");
+  if (!self.navigator.gpu) {
+    throw new Error("WebGPU is not available in this worker (navigator.gpu is missing)");
+  }
+  const glue = await import(jsUrl);
+  const progress = (p) => self.postMessage({ type: "progress", id, ...p });
+  const options = { ...(given.options ?? {}) };
+  // Compile the module while the models download.
+  const [model, reference] = await Promise.all([
+    obtainModel(
+      { url: given.modelUrl, files: given.modelFiles, weights: given.weights, texts: options.model },
+      progress,
+    ),
+    given.refModelUrl || given.refWeights
+      ? obtainModel({ url: given.refModelUrl, weights: given.refWeights, texts: options.refModel }, progress)
+      : Promise.resolve(null),
+    glue.default({ module_or_path: wasmUrl }),
+  ]);
+  if (model.texts) options.model = model.texts;
+  if (reference?.texts) options.refModel = reference.texts;
+  const created = await glue.Trainer.create(options, model.weights ?? undefined, {
+    refWeights: reference?.weights ?? undefined,
+    resumeFrom: asBytes(resumeFrom) ?? undefined,
+    loraAdapter: asBytes(given.loraAdapter) ?? undefined,
+  });
+  wasm = glue;
+  trainer = created;
+  // What a save needs to rebuild this run: the texts and bytes as loaded (a URL is kept as a
+  // URL: resuming downloads it again).
+  source = {
+    options: given.modelUrl ? { ...options, model: given.options?.model } : options,
+    modelUrl: given.modelUrl ?? null,
+    weights: given.modelUrl ? null : model.weights ?? null,
+    refModelUrl: given.refModelUrl ?? null,
+    refWeights: given.refModelUrl ? null : reference?.weights ?? null,
+    loraAdapter: asBytes(given.loraAdapter) ?? null,
+  };
+  if (!source.options.model) delete source.options.model;
+  if (!source.options.refModel || given.refModelUrl) delete source.options.refModel;
+  sourceId += 1;
+  return trainer.info();
+}
+
+/** Transfers the buffers of a { fileName: Uint8Array } answer instead of copying them. */
+function transferFiles(files) {
+  return { result: files, transfer: Object.values(files).map((bytes) => bytes.buffer) };
+}
+
 const methods = {
-  async init({ jsUrl, wasmUrl, options, weights, modelUrl }, id) {
-    if (trainer) throw new Error("already initialized");
-    if (!self.navigator.gpu) {
-      throw new Error("WebGPU is not available in this worker (navigator.gpu is missing)");
-    }
-    const wasm = await import(jsUrl);
-    // Compile the module while the model downloads.
-    const [fetched] = await Promise.all([
-      modelUrl
-        ? fetchModel(modelUrl, (url, file, opts) =>
-            download(url, file, (p) => self.postMessage({ type: "progress", id, ...p }), opts),
-          )
-        : Promise.resolve(null),
-      wasm.default({ module_or_path: wasmUrl }),
-    ]);
-    let opts = options ?? {};
-    if (fetched) {
-      // Texts given in options.model (e.g. a chatTemplate) take precedence over fetched ones.
-      opts = fetched.model ? { ...opts, model: { ...fetched.model, ...(opts.model ?? {}) } } : opts;
-      weights = fetched.weights;
-    }
-    const asBytes = (w) => {
-      if (w instanceof ArrayBuffer) return new Uint8Array(w);
-      if (ArrayBuffer.isView(w) && !(w instanceof Uint8Array)) {
-        return new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
-      }
-      return w;
-    };
-    weights = asBytes(weights);
-    if (weights != null && !(weights instanceof Uint8Array) && typeof weights === "object") {
-      // safetensors shards: { fileName: bytes }
-      weights = Object.fromEntries(Object.entries(weights).map(([name, w]) => [name, asBytes(w)]));
-    }
-    trainer = await wasm.Trainer.create(opts, weights ?? undefined);
-    return trainer.info();
+  init: (params, id) => start(params, id),
+  async initSaved({ jsUrl, wasmUrl, name }, id) {
+    const saved = await loadRun(name);
+    return start({ jsUrl, wasmUrl, source: saved.source, resumeFrom: saved.checkpoint }, id);
   },
   step: () => need().step(),
   evaluate: () => need().evaluate(),
@@ -198,15 +264,39 @@ const methods = {
       cancelled.delete(id);
     }
   },
-  async exportModel() {
-    const files = await need().exportModel();
-    const out = {};
-    const transfer = [];
-    for (const [name, bytes] of Object.entries(files)) {
-      out[name] = bytes;
-      transfer.push(bytes.buffer);
+  async exportModel({ options }) {
+    return transferFiles(await need().exportModel(options ?? {}));
+  },
+  async checkpoint() {
+    return transferFiles(await need().checkpoint());
+  },
+  async addPairs({ rows, settings }) {
+    const info = need().info();
+    // The round starts from the model as it is now: that is what a save must rebuild.
+    const start = await need().exportModel({ merge: false });
+    const roundInfo = await need().addPairs(rows, settings ?? {});
+    const options = { ...source.options, ...(settings ?? {}), trainData: rows };
+    delete options.evalData;
+    delete options.valSplit;
+    if (info.lora) {
+      const { "adapter_config.json": config, "adapter_model.safetensors": weights } = start;
+      source = { ...source, options, loraAdapter: { "adapter_config.json": config, "adapter_model.safetensors": weights } };
+      delete source.options.loraRank;
+    } else {
+      const text = (name) => (start[name] ? new TextDecoder().decode(start[name]) : undefined);
+      const texts = {};
+      for (const name of Object.keys(start)) {
+        if (name !== "model.safetensors") texts[optionKey(name)] = text(name);
+      }
+      source = { ...source, options: { ...options, model: texts }, modelUrl: null, weights: start["model.safetensors"] };
     }
-    return { result: out, transfer };
+    sourceId += 1;
+    return roundInfo;
+  },
+  async saveToOpfs({ name, extra }) {
+    const info = need().info();
+    const checkpoint = await need().checkpoint();
+    return saveRun(name, { source, sourceId, checkpoint, info, extra });
   },
 };
 
@@ -230,7 +320,7 @@ self.addEventListener("message", async (event) => {
   try {
     let result = await fn(params ?? {}, id);
     let transfer = [];
-    if (method === "exportModel") ({ result, transfer } = result);
+    if (method === "exportModel" || method === "checkpoint") ({ result, transfer } = result);
     if (!inFlight.delete(id)) return; // already answered by fail()
     self.postMessage({ id, ok: true, result }, transfer);
   } catch (err) {

@@ -135,6 +135,7 @@ pub struct ExportedFiles {
 /// How a trained model is written out: everything but the weights, and whether they go out as
 /// a full model or a PEFT adapter. The one export rule for final models, checkpoints and the
 /// browser's `exportModel`.
+#[derive(Clone)]
 pub struct ExportSpec {
     pub config: ModelConfig,
     pub tokenizer: TextTokenizer,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::bundle::ExportedFiles;
 use super::model_dir::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
-use super::safetensors::TensorWriter;
+use super::safetensors::{FileBytes, SafetensorsSource, TensorWriter};
 use crate::error::{Error, Location, Result};
 use crate::model::CausalLm;
 use crate::model::config::Family;
@@ -22,6 +22,47 @@ pub struct AdapterFiles {
     pub label: String,
     pub config_json: String,
     pub weights: Box<dyn WeightSource>,
+}
+
+impl AdapterFiles {
+    /// An adapter from exported files (`adapter_config.json`, `adapter_model.safetensors`).
+    pub fn from_files(label: &str, files: ExportedFiles) -> Result<Self> {
+        let mut config_json = None;
+        let mut weights = None;
+        for (name, bytes) in files.files {
+            match name.as_str() {
+                ADAPTER_CONFIG_FILE => {
+                    config_json = Some(String::from_utf8(bytes).map_err(|_| {
+                        Error::input(
+                            Location::file(format!("{label}/{name}")),
+                            "is not UTF-8 text",
+                        )
+                    })?)
+                }
+                ADAPTER_WEIGHTS_FILE => weights = Some(bytes),
+                _ => {}
+            }
+        }
+        let missing = |name: &str| {
+            Error::input(
+                Location::file(format!("{label}/{name}")),
+                "missing from the adapter",
+            )
+        };
+        let path = format!("{label}/{ADAPTER_WEIGHTS_FILE}");
+        let weights = SafetensorsSource::new(
+            path.clone(),
+            vec![(
+                path,
+                FileBytes::Owned(weights.ok_or_else(|| missing(ADAPTER_WEIGHTS_FILE))?),
+            )],
+        )?;
+        Ok(Self {
+            label: label.to_string(),
+            config_json: config_json.ok_or_else(|| missing(ADAPTER_CONFIG_FILE))?,
+            weights: Box::new(weights),
+        })
+    }
 }
 
 /// PEFT's tensor name for a model-level adapter name (`<module>.lora_A.weight`).

@@ -4,6 +4,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Location, Result};
 
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     /// `tokenizer.json` as loaded, written back unchanged on export.

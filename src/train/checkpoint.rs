@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::Metrics;
@@ -22,7 +21,8 @@ use crate::model::lora::LoraSettings;
 use crate::model::weights::WeightSource;
 
 pub const STATE_FILE: &str = "trainer_state.json";
-pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+/// The optimizer state (`train/optimizer.rs`): moments or velocity per parameter id.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// The folder inside a checkpoint that holds early stopping's best model so far.
 pub const BEST_MODEL_DIR: &str = "best-model";
 /// TR-DPO's reference weights (it changes during the run), inside a checkpoint.
@@ -95,13 +95,8 @@ pub async fn checkpoint_files(
 ) -> Result<ExportedFiles> {
     let policy = trainer.policy();
     let mut files = export.checkpoint_model_files(&policy).await?;
-    let optimizer = trainer
-        .optimizer()
-        .into_bytes()
-        .map_err(|e| Error::Invalid(format!("serializing optimizer state: {e:?}")))?;
-    files
-        .files
-        .push((OPTIMIZER_FILE.into(), optimizer.to_vec()));
+    let optimizer = trainer.optimizer().to_bytes().await?;
+    files.files.push((OPTIMIZER_FILE.into(), optimizer));
     let state = TrainerState {
         task,
         progress: trainer.progress().clone(),
@@ -145,62 +140,126 @@ pub fn parse_state(text: &str, source: &str) -> Result<TrainerState> {
 /// Put a saved run's optimizer state and schedule position into `trainer`, which was built for
 /// the same parameters (with the recorded ids).
 pub fn restore(trainer: &mut Trainer, saved: &SavedRun) -> Result<()> {
-    let optimizer = trainer
-        .optimizer()
-        .clone()
-        .from_bytes(Bytes::from_bytes_vec(saved.optimizer.clone()))
-        .map_err(|e| {
-            Error::input(
-                Location::file(format!("{}/{OPTIMIZER_FILE}", saved.label)),
-                format!("unreadable optimizer state: {e:?}"),
-            )
-        })?;
+    let mut optimizer = trainer.optimizer().clone();
+    optimizer.load_bytes(
+        saved.optimizer.clone(),
+        &format!("{}/{OPTIMIZER_FILE}", saved.label),
+        trainer.device(),
+    )?;
     trainer.restore(optimizer, saved.state.progress.clone())
 }
 
-/// A checkpoint folder written by a run's `save_every`.
+/// A checkpoint folder written by a run's `save_every` (weights memory-mapped).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn read_dir(dir: &std::path::Path) -> Result<SavedRun> {
-    use crate::io::native::files::{read_adapter, read_text, weights_in};
-    let path = dir.join(STATE_FILE);
-    let state = parse_state(&read_text(&path)?, &path.display().to_string())?;
-    let optimizer_path = dir.join(OPTIMIZER_FILE);
-    let optimizer =
-        std::fs::read(&optimizer_path).map_err(|e| Error::io(optimizer_path.display(), e))?;
-    let weights = match state.lora {
-        Some(_) => SavedWeights::Adapter(read_adapter(dir)?),
-        None => SavedWeights::Full(Box::new(weights_in(dir)?)),
+    use crate::io::safetensors::FileBytes;
+    let open = |name: &str| {
+        let path = dir.join(name);
+        if name.ends_with(".safetensors") {
+            FileBytes::map(&path)
+        } else {
+            std::fs::read(&path)
+                .map(FileBytes::Owned)
+                .map_err(|e| Error::io(path.display(), e))
+        }
     };
     let best_dir = dir.join(BEST_MODEL_DIR);
-    let best_model = match state.early_stopping {
-        Some(_) => {
-            let mut files = Vec::new();
-            let entries =
-                std::fs::read_dir(&best_dir).map_err(|e| Error::io(best_dir.display(), e))?;
-            for entry in entries {
-                let path = entry.map_err(|e| Error::io(best_dir.display(), e))?.path();
-                let name = path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned();
-                if path.is_file() && !name.starts_with('.') {
-                    let bytes = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
-                    files.push((name, bytes));
-                }
+    let best_model = || {
+        let mut files = Vec::new();
+        let entries = std::fs::read_dir(&best_dir).map_err(|e| Error::io(best_dir.display(), e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| Error::io(best_dir.display(), e))?.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if path.is_file() && !name.starts_with('.') {
+                let bytes = std::fs::read(&path).map_err(|e| Error::io(path.display(), e))?;
+                files.push((name, bytes));
             }
-            Some(ExportedFiles { files })
         }
-        None => None,
+        Ok(ExportedFiles { files })
+    };
+    decode(&dir.display().to_string(), open, best_model)
+}
+
+/// A checkpoint handed over as files (name -> bytes, names as [`checkpoint_files`] gives
+/// them: `best-model/...` and `reference/...` inside), as the browser keeps them.
+pub fn from_files(label: &str, files: Vec<(String, Vec<u8>)>) -> Result<SavedRun> {
+    use crate::io::safetensors::FileBytes;
+    let mut files: HashMap<String, Vec<u8>> = files.into_iter().collect();
+    let best_prefix = format!("{BEST_MODEL_DIR}/");
+    let best: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .filter_map(|(name, bytes)| {
+            let rest = name.strip_prefix(&best_prefix)?;
+            Some((rest.to_string(), bytes.clone()))
+        })
+        .collect();
+    let open = |name: &str| {
+        files.remove(name).map(FileBytes::Owned).ok_or_else(|| {
+            Error::input(
+                Location::file(format!("{label}/{name}")),
+                "missing from the checkpoint",
+            )
+        })
+    };
+    decode(label, open, || Ok(ExportedFiles { files: best }))
+}
+
+/// The one rule for what a checkpoint holds: `trainer_state.json` says whether the model is a
+/// full one or an adapter, and whether early stopping's best model and TR-DPO's reference are
+/// there. `open` gives a file's bytes by its name inside the checkpoint.
+fn decode(
+    label: &str,
+    mut open: impl FnMut(&str) -> Result<crate::io::safetensors::FileBytes>,
+    best_model: impl FnOnce() -> Result<ExportedFiles>,
+) -> Result<SavedRun> {
+    use crate::io::model_dir::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, WEIGHTS_FILE};
+    use crate::io::safetensors::SafetensorsSource;
+    let text = |bytes: crate::io::safetensors::FileBytes, name: &str| {
+        String::from_utf8(bytes.as_ref().to_vec()).map_err(|_| {
+            Error::input(
+                Location::file(format!("{label}/{name}")),
+                "is not UTF-8 text",
+            )
+        })
+    };
+    let safetensors = |name: &str, bytes| {
+        let path = format!("{label}/{name}");
+        SafetensorsSource::new(path.clone(), vec![(path, bytes)])
+    };
+    let state_bytes = open(STATE_FILE)?;
+    let state = parse_state(
+        &text(state_bytes, STATE_FILE)?,
+        &format!("{label}/{STATE_FILE}"),
+    )?;
+    let weights = match state.lora {
+        Some(_) => SavedWeights::Adapter(AdapterFiles {
+            label: label.to_string(),
+            config_json: text(open(ADAPTER_CONFIG_FILE)?, ADAPTER_CONFIG_FILE)?,
+            weights: Box::new(safetensors(
+                ADAPTER_WEIGHTS_FILE,
+                open(ADAPTER_WEIGHTS_FILE)?,
+            )?),
+        }),
+        None => SavedWeights::Full(Box::new(safetensors(WEIGHTS_FILE, open(WEIGHTS_FILE)?)?)),
     };
     let reference: Option<Box<dyn WeightSource>> = match state.options.sync_ref_model {
-        true => Some(Box::new(crate::io::native::files::weights_file(
-            &dir.join(REFERENCE_WEIGHTS),
+        true => Some(Box::new(safetensors(
+            REFERENCE_WEIGHTS,
+            open(REFERENCE_WEIGHTS)?,
         )?)),
         false => None,
     };
+    let optimizer = open(OPTIMIZER_FILE)?.as_ref().to_vec();
+    let best_model = match state.early_stopping {
+        Some(_) => Some(best_model()?),
+        None => None,
+    };
     Ok(SavedRun {
-        label: dir.display().to_string(),
+        label: label.to_string(),
         state,
         optimizer,
         weights,

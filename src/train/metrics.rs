@@ -54,6 +54,9 @@ pub struct StepReport {
     pub grad_norm: f64,
     pub learning_rate: f64,
     pub seconds: f64,
+    /// Tokens the policy read in this step (both answers of each pair, padding excluded).
+    #[serde(default)]
+    pub tokens: usize,
     /// The loss or gradient was NaN or infinite, so the update was not applied.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,

@@ -8,6 +8,7 @@ pub mod dpo;
 pub mod losses;
 pub mod metrics;
 pub mod optim;
+pub mod optimizer;
 pub mod options;
 pub mod reference_free;
 pub mod run;

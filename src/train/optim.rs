@@ -2,10 +2,8 @@
 
 use std::str::FromStr;
 
-use burn::module::{ParamGroup, ParamId};
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::module::ParamId;
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -181,54 +179,6 @@ impl OptimizerSettings {
             ));
         }
         Ok(())
-    }
-}
-
-/// Build the optimizer. Weight decay skips biases and normalization weights, as the Hugging Face
-/// Trainer does (`get_decay_parameter_names`).
-pub fn build_optimizer(
-    kind: OptimizerKind,
-    weight_decay: f64,
-    settings: &OptimizerSettings,
-    params: &[ParamInfo],
-) -> ModuleOptimizer {
-    let no_decay = ParamGroup::from_ids(
-        params
-            .iter()
-            .filter(|p| !p.role.decays())
-            .map(|p| p.id)
-            .collect(),
-    );
-    match kind {
-        OptimizerKind::AdamW => {
-            let config = |wd: f64| {
-                AdamWConfig::new()
-                    .with_beta_1(settings.adam_beta1 as f32)
-                    .with_beta_2(settings.adam_beta2 as f32)
-                    .with_epsilon(settings.adam_epsilon as f32)
-                    .with_weight_decay(wd as f32)
-            };
-            config(weight_decay)
-                .init()
-                .with_group(no_decay, config(0.0).build(), None)
-        }
-        OptimizerKind::Sgd => {
-            // torch SGD's weight_decay adds wd·θ to the gradient: burn's WeightDecay does the same.
-            let momentum = (settings.sgd_momentum > 0.0).then(|| {
-                MomentumConfig::new()
-                    .with_momentum(settings.sgd_momentum)
-                    .with_dampening(0.0)
-                    .with_nesterov(settings.sgd_nesterov)
-            });
-            let config = |wd: f64| {
-                SgdConfig::new()
-                    .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd as f32)))
-                    .with_momentum(momentum.clone())
-            };
-            config(weight_decay)
-                .init()
-                .with_group(no_decay, config(0.0).build(), None)
-        }
     }
 }
 

@@ -66,6 +66,8 @@ pub struct RunSpec {
     pub resume: Option<SavedRun>,
     /// Export the model with adapters folded in rather than the PEFT adapter.
     pub merge_lora: bool,
+    /// Options the overrides apply to instead of the defaults (a new round keeps its run's).
+    pub base_options: Option<TrainOptions>,
 }
 
 /// The settings of a run that can be checked before anything is loaded: the shells call this
@@ -121,6 +123,7 @@ impl RunSpec {
             reference: None,
             resume: None,
             merge_lora: false,
+            base_options: None,
         }
     }
 }
@@ -185,6 +188,8 @@ pub struct Summary {
     pub lora: Option<LoraSettings>,
     /// Numbers training changes (the adapters' with LoRA).
     pub trainable_parameters: usize,
+    /// Numbers in the model (base weights and adapters).
+    pub parameters: usize,
     /// The checkpoint this run resumed from (its label) and the step it resumed at.
     pub resumed: Option<(String, usize)>,
 }
@@ -333,9 +338,14 @@ impl Run {
             ));
         }
 
-        let mut options = match &spec.resume {
-            Some(saved) => saved.state.options.clone(),
-            None => {
+        let mut options = match (&spec.resume, &spec.base_options) {
+            (Some(saved), _) => saved.state.options.clone(),
+            (None, Some(base)) => {
+                let mut options = base.clone();
+                spec.overrides.apply(&mut options)?;
+                options
+            }
+            (None, None) => {
                 let mut options = if demo {
                     demo::train_options()
                 } else {
@@ -349,7 +359,10 @@ impl Run {
             Some(bundle) => bundle,
             None => demo::model(options.seed, &device.device)?,
         };
-        let max_length_fitted = if spec.overrides.max_length.is_none() && spec.resume.is_none() {
+        let max_length_fitted = if spec.overrides.max_length.is_none()
+            && spec.resume.is_none()
+            && spec.base_options.is_none()
+        {
             options.fit_max_length(bundle.model.max_positions())
         } else {
             None
@@ -515,6 +528,7 @@ impl Run {
             max_length_fitted,
             lora: lora.clone(),
             trainable_parameters: 0,
+            parameters: 0,
             resumed: None,
         };
         let synced_reference = match spec.resume.as_ref().and_then(|s| s.reference.as_ref()) {
@@ -553,6 +567,7 @@ impl Run {
         let mut trainer = Trainer::new(policy, data, tokenizer.pad_id, options, device_ref)?;
         let mut summary = summary;
         summary.trainable_parameters = trainer.trainable_parameter_count();
+        summary.parameters = trainer.parameter_count();
         if let Some(test) = test {
             trainer.set_test_data(test.into_test_data())?;
         }
@@ -610,6 +625,64 @@ impl Run {
             Some(best) => Ok(best.files.clone()),
             None => self.export.model_files(&self.trainer.policy()).await,
         }
+    }
+
+    /// The current model as files, merged or not whatever the run's `merge_lora` says (the
+    /// browser offers both downloads).
+    pub async fn model_files_merged(&self, merge_lora: bool) -> Result<ExportedFiles> {
+        let export = ExportSpec {
+            merge_lora,
+            ..self.export.clone()
+        };
+        export.model_files(&self.trainer.policy()).await
+    }
+
+    /// A new round of DPO on `rows` that starts from this run's model as it is now, which is
+    /// also the round's reference (iterative DPO: pairs sampled from the current model are
+    /// judged, then learned against it). Options are this run's with `overrides` applied; a
+    /// LoRA run's adapters become the round's starting adapter, so they keep training.
+    pub async fn next_round(&self, rows: Jsonl, overrides: OptionOverrides) -> Result<RunSpec> {
+        if self.summary.task != Task::Dpo {
+            return Err(Error::setting(
+                "task",
+                "new rounds on preference pairs need a DPO run",
+            ));
+        }
+        let policy = self.trainer.policy();
+        let (model, adapter) = match &self.export.lora {
+            Some(settings) => {
+                let files = peft::export(
+                    &policy,
+                    settings,
+                    self.export.config.family(),
+                    &self.export.base_model,
+                )
+                .await?;
+                let adapter = AdapterFiles::from_files("the current adapter", files)?;
+                (lora::strip(policy), Some(adapter))
+            }
+            None => (policy, None),
+        };
+        let mut base_options = self.trainer.options().clone();
+        // The held-out shares and step count were the first round's; a round sets its own.
+        base_options.val_split = 0.0;
+        base_options.test_split = 0.0;
+        base_options.max_steps = None;
+        Ok(RunSpec {
+            model: Some(ModelBundle {
+                config: self.export.config.clone(),
+                model,
+                tokenizer: self.export.tokenizer.clone(),
+                extra_files: self.export.extra_files.clone(),
+            }),
+            model_label: self.export.base_model.clone(),
+            rows: Some(rows),
+            overrides,
+            adapter,
+            merge_lora: self.export.merge_lora,
+            base_options: Some(base_options),
+            ..RunSpec::new(Task::Dpo)
+        })
     }
 
     /// Everything to resume this run from where it is.

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData, Transaction};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -18,7 +18,8 @@ use web_time::Instant;
 use super::dpo::{DpoMetrics, dpo_loss};
 use super::losses::PreferenceLoss;
 use super::metrics::{Metrics, MetricsAccumulator, StepReport};
-use super::optim::{ParamInfo, build_optimizer, clip_grad_norm, param_infos};
+use super::optim::{ParamInfo, clip_grad_norm, param_infos};
+use super::optimizer::Optimizer;
 use super::options::TrainOptions;
 use super::reference_free::{ReferenceFreeMetrics, prepare, reference_free_loss};
 use super::sft::{SftMetrics, sft_loss};
@@ -107,7 +108,7 @@ pub struct Trainer {
     /// Always `Some` between calls; taken by value for the optimizer step.
     policy: Option<CausalLm>,
     objective: Objective,
-    optimizer: ModuleOptimizer,
+    optimizer: Optimizer,
     params: Vec<ParamInfo>,
     options: TrainOptions,
     pad_id: u32,
@@ -191,7 +192,7 @@ impl Trainer {
             device.seed(options.seed);
         }
         let params = param_infos(&policy.optimizer_params());
-        let optimizer = build_optimizer(
+        let optimizer = Optimizer::new(
             options.optimizer,
             options.weight_decay,
             &options.optimizer_settings,
@@ -271,12 +272,23 @@ impl Trainer {
             .trainable_parameter_count()
     }
 
+    /// How many numbers the policy has (base weights and adapters).
+    pub fn parameter_count(&self) -> usize {
+        let policy = self.policy.as_ref().expect("policy present");
+        policy
+            .named_params()
+            .iter()
+            .chain(&policy.adapter_params())
+            .map(|p| p.numel())
+            .sum()
+    }
+
     /// The policy without autodiff, for evaluation or export (shares the weights, no copy).
     pub fn policy(&self) -> CausalLm {
         self.policy.as_ref().expect("policy present").valid()
     }
 
-    pub fn optimizer(&self) -> &ModuleOptimizer {
+    pub fn optimizer(&self) -> &Optimizer {
         &self.optimizer
     }
 
@@ -286,7 +298,7 @@ impl Trainer {
 
     /// Continue a saved run (see `checkpoint.rs`): optimizer state already loaded into an
     /// optimizer built like this trainer's, and the schedule position.
-    pub fn restore(&mut self, optimizer: ModuleOptimizer, progress: Progress) -> Result<()> {
+    pub fn restore(&mut self, optimizer: Optimizer, progress: Progress) -> Result<()> {
         if progress.order.len() != self.train_len() {
             return Err(Error::Invalid(format!(
                 "the checkpoint was made with {} training examples, this run has {}",
@@ -462,6 +474,11 @@ impl Trainer {
         let started = Instant::now();
         let micro_batches = self.next_micro_batches();
         let examples: usize = micro_batches.iter().map(Vec::len).sum();
+        let tokens: usize = micro_batches
+            .iter()
+            .flatten()
+            .map(|&i| self.tokens_of(i))
+            .sum();
         let policy = self.policy.take().expect("policy present");
         let mut accumulated = GradientsAccumulator::<CausalLm>::new();
         let (mut readback, mut to_metrics, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
@@ -560,8 +577,32 @@ impl Trainer {
             grad_norm,
             learning_rate: lr,
             seconds: started.elapsed().as_secs_f64(),
+            tokens,
             skipped: !finite,
         })
+    }
+
+    /// Tokens the policy reads for training example `index` (both sequences of a pair, each cut
+    /// at `max_length`), for throughput.
+    fn tokens_of(&self, index: usize) -> usize {
+        let limit = self.options.max_length.unwrap_or(usize::MAX);
+        let seq = |a: usize, b: usize| (a + b).min(limit);
+        match &self.objective {
+            Objective::Dpo { train, .. } => {
+                let p = &train[index];
+                seq(p.prompt_ids.len(), p.chosen_ids.len())
+                    + seq(p.prompt_ids.len(), p.rejected_ids.len())
+            }
+            Objective::ReferenceFree { train, .. } => {
+                let p = &train[index];
+                seq(p.chosen.prompt_ids.len(), p.chosen.completion_ids.len())
+                    + seq(p.rejected.prompt_ids.len(), p.rejected.completion_ids.len())
+            }
+            Objective::Sft { train, .. } => {
+                let c = &train[index];
+                seq(c.prompt_ids.len(), c.completion_ids.len())
+            }
+        }
     }
 
     /// Train to the end, calling `on_step` after every step; it returns `false` to stop early.

@@ -14,16 +14,21 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::backend::init_wgpu_async;
+use crate::backend::{SelectedDevice, init_wgpu_async};
 use crate::error::Error;
 use crate::io::hub_ref::{DEFAULT_ENDPOINT, HubRef};
 use crate::io::model_dir;
+use crate::io::peft::AdapterFiles;
 use crate::model::config::Family;
 use crate::model::lora::LoraSettings;
 use crate::text::stream::generate_text;
-use crate::train::options::{Task, TrainOptions};
-use crate::train::run::{Run, RunSpec};
-use options::{CreateOptions, GenerateOptions, WeightBytes, option_name};
+use crate::train::checkpoint;
+use crate::train::options::{OptionOverrides, Task, TrainOptions};
+use crate::train::run::{DataSummary, DropReason, Run, RunSpec, Summary};
+use options::{
+    CreateOptions, DataInput, ExportOptions, GenerateOptions, ModelChoice, WeightBytes,
+    files_from_js, option_name,
+};
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -70,6 +75,32 @@ struct Info {
     total_steps: usize,
     steps_done: usize,
     options: TrainOptions,
+    summary: SummaryJs,
+}
+
+/// What the page shows about the data and the model before training.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SummaryJs {
+    train: DataSummary,
+    eval: Option<DataSummary>,
+    drop_reason: DropReason,
+    trainable_parameters: usize,
+    parameters: usize,
+    max_length_fitted: Option<usize>,
+}
+
+impl SummaryJs {
+    fn of(s: &Summary) -> Self {
+        Self {
+            train: s.train.clone(),
+            eval: s.eval.clone(),
+            drop_reason: s.drop_reason,
+            trainable_parameters: s.trainable_parameters,
+            parameters: s.parameters,
+            max_length_fitted: s.max_length_fitted,
+        }
+    }
 }
 
 /// A training run living in WebAssembly.
@@ -77,6 +108,8 @@ struct Info {
 pub struct Trainer {
     /// `None` while an async call holds it.
     state: Rc<RefCell<Option<Run>>>,
+    /// The WebGPU device the run lives on (a new round is built on it).
+    device: SelectedDevice,
 }
 
 fn js_error(e: impl std::fmt::Display) -> JsValue {
@@ -101,11 +134,26 @@ fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
 
 #[wasm_bindgen]
 impl Trainer {
-    /// `Trainer.create(options, weights?)` -> Promise<Trainer>. Initializes WebGPU, loads the
-    /// model (or the demo), tokenizes the data.
-    pub fn create(options: JsValue, weights: JsValue) -> Promise {
+    /// `Trainer.create(options, weights?, files?)` -> Promise<Trainer>. Initializes WebGPU,
+    /// loads the model (or the demo), tokenizes the data. `files` (optional):
+    /// `{ refWeights?, resumeFrom?, loraAdapter? }` — an explicit reference model's weights (its
+    /// texts in `options.refModel`), checkpoint files to resume from, a PEFT adapter to start
+    /// from (each `{ fileName: Uint8Array }`, `refWeights` also one `Uint8Array`).
+    pub fn create(options: JsValue, weights: JsValue, files: JsValue) -> Promise {
         future_to_promise(async move {
-            let weights = WeightBytes::from_js(&weights).map_err(core_error)?;
+            let weights = WeightBytes::from_js(&weights, "model").map_err(core_error)?;
+            let field = |name: &str| -> Result<JsValue, JsValue> {
+                if files.is_undefined() || files.is_null() {
+                    Ok(JsValue::UNDEFINED)
+                } else {
+                    Reflect::get(&files, &name.into())
+                }
+            };
+            let ref_weights =
+                WeightBytes::from_js(&field("refWeights")?, "ref_model").map_err(core_error)?;
+            let resume = files_from_js(&field("resumeFrom")?, "resume_from").map_err(core_error)?;
+            let adapter =
+                files_from_js(&field("loraAdapter")?, "lora_adapter").map_err(core_error)?;
             let mut options: CreateOptions = if options.is_undefined() || options.is_null() {
                 CreateOptions::default()
             } else {
@@ -124,6 +172,31 @@ impl Trainer {
                 ),
                 None => None,
             };
+            let reference = match ref_weights {
+                Some(weights) => Some(
+                    weights
+                        .load(options.ref_model.take(), &selected.device)
+                        .map_err(core_error)?
+                        .model,
+                ),
+                None => None,
+            };
+            let resume = match resume {
+                Some(files) => {
+                    Some(checkpoint::from_files("resumeFrom", files).map_err(core_error)?)
+                }
+                None => None,
+            };
+            let adapter = match adapter {
+                Some(files) => Some(
+                    AdapterFiles::from_files(
+                        "loraAdapter",
+                        crate::io::bundle::ExportedFiles { files },
+                    )
+                    .map_err(core_error)?,
+                ),
+                None => None,
+            };
             let spec = RunSpec {
                 model,
                 model_label: "browser".into(),
@@ -132,11 +205,15 @@ impl Trainer {
                 overrides: options.settings.clone(),
                 lora: options.lora(),
                 merge_lora: options.merge_lora,
+                reference,
+                resume,
+                adapter,
                 ..RunSpec::new(task)
             };
             let run = Run::new(spec, &selected).map_err(core_error)?;
             Ok(Trainer {
                 state: Rc::new(RefCell::new(Some(run))),
+                device: selected,
             }
             .into())
         })
@@ -194,10 +271,20 @@ impl Trainer {
                 } else {
                     serde_wasm_bindgen::from_value(options).map_err(js_error)?
                 };
-                let policy = run.trainer.policy();
+                let model = match options.model {
+                    ModelChoice::Policy => run.trainer.policy(),
+                    ModelChoice::Reference => {
+                        run.trainer.reference_model().cloned().ok_or_else(|| {
+                            js_error(
+                                "model: this run has no reference model to generate from (SimPO \
+                                 and ORPO are reference-free)",
+                            )
+                        })?
+                    }
+                };
                 // `onToken` returning `false` (or throwing) stops generation after that token.
                 let generated = generate_text(
-                    &policy,
+                    &model,
                     &run.export.tokenizer,
                     &options.prompt(prompt),
                     &run.export.stop_tokens(),
@@ -231,20 +318,72 @@ impl Trainer {
     }
 
     /// The current model as files -> Promise<{ [fileName]: Uint8Array }>: a Hugging Face model
-    /// directory, or with LoRA (unless `mergeLora`) a PEFT adapter plus tokenizer files.
+    /// directory, or with LoRA a PEFT adapter plus tokenizer files; `{ merge }` chooses
+    /// (default: the run's `mergeLora`).
     #[wasm_bindgen(js_name = exportModel)]
-    pub fn export_model(&self) -> Promise {
+    pub fn export_model(&self, options: JsValue) -> Promise {
         self.with_run(|run| async move {
             let result = async {
-                let files = run.model_files().await.map_err(core_error)?;
-                let out = Object::new();
-                for (name, bytes) in files.files {
-                    Reflect::set(&out, &name.into(), &Uint8Array::from(bytes.as_slice()))?;
+                let options: ExportOptions = if options.is_undefined() || options.is_null() {
+                    ExportOptions::default()
+                } else {
+                    serde_wasm_bindgen::from_value(options).map_err(js_error)?
+                };
+                let files = match options.merge {
+                    Some(merge) => run.model_files_merged(merge).await,
+                    None => run.model_files().await,
                 }
-                Ok(out.into())
+                .map_err(core_error)?;
+                files_to_js(files.files)
             }
             .await;
             (run, result)
+        })
+    }
+
+    /// Everything to resume the run where it is -> Promise<{ [fileName]: Uint8Array }> (the
+    /// CLI's `checkpoint-N/` folder: the model or adapter, `optimizer.safetensors`,
+    /// `trainer_state.json`); `Trainer.create` takes them back as `resumeFrom`.
+    pub fn checkpoint(&self) -> Promise {
+        self.with_run(|run| async move {
+            let result = async {
+                let files = run.checkpoint_files().await.map_err(core_error)?;
+                files_to_js(files.files)
+            }
+            .await;
+            (run, result)
+        })
+    }
+
+    /// `addPairs(rows, settings?)` -> Promise<info>: a new round of DPO on `rows` (JSONL text or
+    /// row objects) from the current model, which becomes the round's reference; `settings`
+    /// override this run's options (`maxSteps`, `lr`, ...). The schedule starts over.
+    #[wasm_bindgen(js_name = addPairs)]
+    pub fn add_pairs(&self, rows: JsValue, settings: JsValue) -> Promise {
+        let device = self.device.clone();
+        self.with_run(move |run| async move {
+            let built = async {
+                let rows: DataInput = serde_wasm_bindgen::from_value(rows).map_err(js_error)?;
+                let overrides: OptionOverrides = if settings.is_undefined() || settings.is_null() {
+                    OptionOverrides::default()
+                } else {
+                    serde_wasm_bindgen::from_value(settings).map_err(js_error)?
+                };
+                let spec = run
+                    .next_round(rows.into_jsonl("pairs"), overrides)
+                    .await
+                    .map_err(core_error)?;
+                Run::new(spec, &device).map_err(core_error)
+            }
+            .await;
+            match built {
+                Ok(round) => {
+                    let info = info_of(&round);
+                    drop(run); // the previous round's optimizer state and reference go
+                    (round, info)
+                }
+                Err(e) => (run, Err(e)),
+            }
         })
     }
 
@@ -255,18 +394,32 @@ impl Trainer {
         let run = state
             .as_ref()
             .ok_or_else(|| js_error("busy: another call on this trainer is still running"))?;
-        let s = &run.summary;
-        to_js(&Info {
-            device: s.device.clone(),
-            family: s.family,
-            task: s.task,
-            demo: s.demo,
-            lora: s.lora.clone(),
-            train_examples: run.trainer.train_len(),
-            eval_examples: run.trainer.eval_len(),
-            total_steps: run.trainer.total_steps(),
-            steps_done: run.trainer.steps_done(),
-            options: run.trainer.options().clone(),
-        })
+        info_of(run)
     }
+}
+
+fn info_of(run: &Run) -> Result<JsValue, JsValue> {
+    let s = &run.summary;
+    to_js(&Info {
+        device: s.device.clone(),
+        family: s.family,
+        task: s.task,
+        demo: s.demo,
+        lora: s.lora.clone(),
+        train_examples: run.trainer.train_len(),
+        eval_examples: run.trainer.eval_len(),
+        total_steps: run.trainer.total_steps(),
+        steps_done: run.trainer.steps_done(),
+        options: run.trainer.options().clone(),
+        summary: SummaryJs::of(s),
+    })
+}
+
+/// Files as a JS object `{ [fileName]: Uint8Array }`.
+fn files_to_js(files: Vec<(String, Vec<u8>)>) -> Result<JsValue, JsValue> {
+    let out = Object::new();
+    for (name, bytes) in files {
+        Reflect::set(&out, &name.into(), &Uint8Array::from(bytes.as_slice()))?;
+    }
+    Ok(out.into())
 }

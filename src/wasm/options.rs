@@ -20,6 +20,8 @@ use crate::train::run::LoraRequest;
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CreateOptions {
+    /// The texts of an explicit reference model given as safetensors `refWeights`.
+    pub ref_model: Option<ModelFilesText>,
     /// `config.json`, `tokenizer.json`, `tokenizer_config.json` (and optionally
     /// `generation_config.json`, `special_tokens_map.json`, `chat_template.jinja`) texts for
     /// safetensors weights. Not needed for a GGUF file, which carries them.
@@ -56,6 +58,7 @@ pub fn option_name(field: &str) -> String {
         "learning_rate" => "lr".into(),
         "lr_schedule" => "lrScheduler".into(),
         "model" => "weights (or modelUrl)".into(),
+        "ref_model" => "refWeights (or refModelUrl)".into(),
         "model_files" => "model".into(),
         "data" => "trainData".into(),
         other => {
@@ -133,6 +136,35 @@ impl DataInput {
     }
 }
 
+/// `{ [fileName]: Uint8Array }` (or undefined/null) as (name, bytes), sorted by name. Names
+/// never reach a file system here; they only pick files of a checkpoint or adapter.
+pub fn files_from_js(
+    value: &JsValue,
+    field: &'static str,
+) -> Result<Option<Vec<(String, Vec<u8>)>>> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(None);
+    }
+    let object = value
+        .dyn_ref::<Object>()
+        .filter(|_| !value.is_instance_of::<Uint8Array>())
+        .ok_or_else(|| {
+            Error::setting(field, "must be an object mapping file names to Uint8Arrays")
+        })?;
+    let mut files = Vec::new();
+    for entry in Object::entries(object).iter() {
+        let entry: js_sys::Array = entry.unchecked_into();
+        let name = entry.get(0).as_string().unwrap_or_default();
+        let bytes = entry
+            .get(1)
+            .dyn_into::<Uint8Array>()
+            .map_err(|_| Error::setting(field, format!("[{name:?}] is not a Uint8Array")))?;
+        files.push((name, bytes.to_vec()));
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Some(files))
+}
+
 /// Weight bytes handed over from JavaScript: one file (safetensors or GGUF), or safetensors shards
 /// by file name (as `model.safetensors.index.json` lists them).
 pub enum WeightBytes {
@@ -141,8 +173,9 @@ pub enum WeightBytes {
 }
 
 impl WeightBytes {
-    /// `Uint8Array` | `{ [fileName]: Uint8Array }` | undefined/null.
-    pub fn from_js(value: &JsValue) -> Result<Option<Self>> {
+    /// `Uint8Array` | `{ [fileName]: Uint8Array }` | undefined/null. `field` names the setting
+    /// in messages (`model`, `ref_model`).
+    pub fn from_js(value: &JsValue, field: &'static str) -> Result<Option<Self>> {
         if value.is_undefined() || value.is_null() {
             return Ok(None);
         }
@@ -151,26 +184,15 @@ impl WeightBytes {
         }
         let not_weights = || {
             Error::setting(
-                "model",
+                field,
                 "must be a Uint8Array (model.safetensors or a .gguf file) or an object \
                  mapping safetensors shard file names to Uint8Arrays",
             )
         };
-        let object = value.dyn_ref::<Object>().ok_or_else(not_weights)?;
-        let mut shards = Vec::new();
-        for entry in Object::entries(object).iter() {
-            let entry: js_sys::Array = entry.unchecked_into();
-            let name = entry.get(0).as_string().ok_or_else(not_weights)?;
-            let bytes = entry
-                .get(1)
-                .dyn_into::<Uint8Array>()
-                .map_err(|_| Error::setting("model", format!("[{name:?}] is not a Uint8Array")))?;
-            shards.push((name, bytes.to_vec()));
-        }
+        let shards = files_from_js(value, field)?.ok_or_else(not_weights)?;
         if shards.is_empty() {
             return Err(not_weights());
         }
-        shards.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Some(Self::Shards(shards)))
     }
 
@@ -210,9 +232,28 @@ impl WeightBytes {
     }
 }
 
+/// Which model `generate` continues the prompt with.
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelChoice {
+    #[default]
+    Policy,
+    Reference,
+}
+
+/// Options of `exportModel`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ExportOptions {
+    /// Fold LoRA adapters into the weights (a full model) or not (a PEFT adapter).
+    pub merge: Option<bool>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GenerateOptions {
+    /// `"policy"` (default) or `"reference"`.
+    pub model: ModelChoice,
     max_new_tokens: Option<usize>,
     temperature: Option<f64>,
     top_k: Option<usize>,

@@ -23,6 +23,15 @@
 //                            (the wasm exports modelLayout() and hubUrl())
 //   7. no WebGPU             a browser without --enable-unsafe-webgpu shows the clear message,
 //                            and DpoTrainer.create() rejects with WebGpuUnavailableError
+//   8. the page (page.mjs)   demo with LoRA: train, pause, charts, adapter download with PEFT's
+//                            names; reload, resume from OPFS, same losses as an uninterrupted run
+//   9. teach it yourself     sample pairs, pick, train on the choices (chosen reward rises),
+//                            compare reference and tuned, choices as JSONL (phone-sized window)
+//  10. model from disk       GGUF and a sharded folder through the file input; errors shown in
+//                            the model and data cards
+//  11. npm package (package.mjs)  packed tarball installed, its example page trains; tsc on the
+//                            .d.ts with a file using the whole API
+// Screenshots of each screen go to DPO_SCREENSHOTS (default: screenshots/ at the repo root).
 // Prints "<n> passed, <m> failed" last; exits non-zero on any failure. Everything is bounded
 // by timeouts.
 //
@@ -35,17 +44,20 @@
 //   DPO_TOTAL_TIMEOUT_S hard limit for the whole run (default 1500)
 //   DPO_VERBOSE=1       also forward the browser's console.log/info lines
 //   DPO_ONLY            comma-separated test numbers to run (e.g. "3,4"); the others are skipped
+//   DPO_SCREENSHOTS     folder for the page tests' screenshots
 
-import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { assert, isNum, pollPage as poll, startServer, withTimeout } from "./harness.mjs";
+import { testPackage } from "./package.mjs";
+import { testPageDisk, testPageTeach, testPageTrainResume } from "./page.mjs";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const DIST = path.resolve(process.env.DPO_DIST ?? path.join(root, "dist"));
 const FIXTURES = path.join(root, "tests", "fixtures");
-const TEST_COUNT = 7;
+const TEST_COUNT = 11;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const STEPS = Number(process.env.DPO_TEST_STEPS ?? 12);
 const EMBED_STEPS = Number(process.env.DPO_EMBED_STEPS ?? 8);
@@ -69,6 +81,7 @@ const WEBGPU_ARGS = ["--enable-unsafe-webgpu"];
 const t0 = Date.now();
 const elapsed = () => ((Date.now() - t0) / 1000).toFixed(1);
 const log = (...a) => console.log(`[${elapsed()}s]`, ...a);
+const pollPage = (page, probe, options) => poll(page, probe, { log, ...options });
 
 // Hard stop: whatever hangs, the run ends.
 const watchdog = setTimeout(() => {
@@ -80,21 +93,6 @@ const watchdog = setTimeout(() => {
 // ---------------------------------------------------------------------------------------------
 // Static file server: dist/ at /, tests/fixtures at /fixtures/, and a few generated files under
 // /__test__/ (a blank page to run module code in, a sharded checkpoint, and a broken one).
-
-const MIME = {
-  ".html": "text/html; charset=utf-8",
-  ".js": "text/javascript; charset=utf-8",
-  ".mjs": "text/javascript; charset=utf-8",
-  ".wasm": "application/wasm",
-  ".json": "application/json; charset=utf-8",
-  ".css": "text/css; charset=utf-8",
-  ".svg": "image/svg+xml",
-  ".png": "image/png",
-  ".ico": "image/x-icon",
-  ".txt": "text/plain; charset=utf-8",
-  ".ts": "text/plain; charset=utf-8",
-  ".map": "application/json; charset=utf-8",
-};
 
 /**
  * Splits a safetensors file into `count` shards (tensors dealt out in name order) as
@@ -158,75 +156,8 @@ const GENERATED = {
   })],
 };
 
-function startServer(dir, mounts) {
-  const server = http.createServer((req, res) => {
-    let pathname;
-    try {
-      pathname = decodeURIComponent(new URL(req.url, "http://x").pathname);
-    } catch {
-      res.writeHead(400).end();
-      return;
-    }
-    const generated = GENERATED[pathname];
-    if (generated) {
-      const [type, body] = generated;
-      const bytes = Buffer.from(typeof body === "function" ? body() : body);
-      res.writeHead(200, { "content-type": type, "content-length": bytes.length, "cache-control": "no-store" });
-      res.end(req.method === "HEAD" ? undefined : bytes);
-      return;
-    }
-    let base = dir;
-    for (const [prefix, mounted] of Object.entries(mounts)) {
-      if (pathname.startsWith(prefix)) {
-        base = mounted;
-        pathname = pathname.slice(prefix.length - 1);
-        break;
-      }
-    }
-    let file = path.join(base, pathname);
-    if (!file.startsWith(base + path.sep) && file !== base) {
-      res.writeHead(403).end();
-      return;
-    }
-    fs.stat(file, (err, st) => {
-      if (!err && st.isDirectory()) {
-        file = path.join(file, "index.html");
-        try {
-          st = fs.statSync(file);
-        } catch (e) {
-          err = e;
-        }
-      }
-      if (err || !st.isFile()) {
-        if (VERBOSE) console.log(`  server: 404 ${req.method} ${req.url}`);
-        res.writeHead(404, { "content-type": "text/plain" }).end("not found");
-        return;
-      }
-      res.writeHead(200, {
-        "content-type": MIME[path.extname(file).toLowerCase()] ?? "application/octet-stream",
-        "content-length": st.size,
-        "cache-control": "no-store",
-      });
-      if (req.method === "HEAD") res.end();
-      else fs.createReadStream(file).pipe(res);
-    });
-  });
-  return new Promise((resolve, reject) => {
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve(server));
-  });
-}
-
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-const withTimeout = (promise, ms, what) =>
-  Promise.race([
-    promise,
-    new Promise((_, reject) =>
-      setTimeout(() => reject(new Error(`${what}: timed out after ${ms / 1000} s`)), ms).unref(),
-    ),
-  ]);
 
 async function launch(args) {
   return withTimeout(
@@ -259,30 +190,6 @@ function forwardConsole(page, tag) {
   });
 }
 
-// Polls `probe` in the page until it returns {done: true, ...}, printing progress lines.
-async function pollPage(page, probe, { timeoutMs, every = 2000, progress }) {
-  const deadline = Date.now() + timeoutMs;
-  let lastProgress = "";
-  for (;;) {
-    const state = await withTimeout(page.evaluate(probe), 30_000, "page.evaluate");
-    if (state.done) return state;
-    const p = progress?.(state);
-    if (p && p !== lastProgress) {
-      log(`  ${p}`);
-      lastProgress = p;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs / 1000} s (last: ${lastProgress || "no progress"})`);
-    }
-    await new Promise((r) => setTimeout(r, every));
-  }
-}
-
-const isNum = (x) => typeof x === "number" && Number.isFinite(x);
-function assert(cond, message) {
-  if (!cond) throw new Error(`assertion failed: ${message}`);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests.
 
@@ -312,8 +219,6 @@ async function testDemoPage(browser, base) {
     if (state.error) throw new Error(`page reported an error: ${state.error}`);
     const r = state.result;
     log(`  dpoResult: ${JSON.stringify(r)}`);
-    const resultText = await page.textContent("#result");
-    assert(resultText && JSON.parse(resultText).steps === r.steps, "#result holds the same JSON");
     assert(r.steps === STEPS, `steps == ${STEPS} (got ${r.steps})`);
     for (const k of ["loss_first", "loss_last", "accuracy_last", "train_accuracy_last"]) {
       assert(isNum(r[k]), `${k} is a finite number (got ${r[k]})`);
@@ -325,8 +230,8 @@ async function testDemoPage(browser, base) {
       `1 <= generated_tokens <= 8 (got ${r.generated_tokens})`);
     assert(isNum(r.tokens_per_second) && r.tokens_per_second > 0,
       `tokens_per_second is a finite positive number (got ${r.tokens_per_second})`);
-    const shown = await page.textContent("#gen-output");
-    assert(shown.endsWith(r.generated_text), `#gen-output shows the generated text (got ${JSON.stringify(shown)})`);
+    const shown = await page.textContent("#out-tuned");
+    assert(shown.endsWith(r.generated_text), `#out-tuned shows the generated text (got ${JSON.stringify(shown)})`);
     return {
       detail:
         `${r.steps} steps, loss ${r.loss_first.toFixed(4)} -> ${r.loss_last.toFixed(4)}, ` +
@@ -693,7 +598,7 @@ async function testNoWebGpu(base) {
           const el = document.getElementById("gpu-status");
           return Boolean(el && el.offsetParent !== null && el.classList.contains("error"));
         })(),
-        disabled: document.getElementById("start")?.disabled ?? false,
+        disabled: document.getElementById("train")?.disabled ?? false,
       }),
       { timeoutMs: 60_000, every: 250 },
     );
@@ -738,7 +643,7 @@ async function main() {
     console.log(`0 passed, ${TEST_COUNT} failed`);
     process.exit(1);
   }
-  const server = await startServer(DIST, { "/fixtures/": FIXTURES });
+  const server = await startServer(DIST, { generated: GENERATED, mounts: { "/fixtures/": FIXTURES }, verbose: VERBOSE });
   const base = `http://127.0.0.1:${server.address().port}`;
   log(`serving ${DIST} at ${base}; Chromium: ${CHROMIUM}`);
 
@@ -784,6 +689,18 @@ async function main() {
       needBrowser(() => testModelUrlErrors(browser, base)));
     await run("model-source.js agrees with the Rust side: file list and hf: URLs",
       needBrowser(() => testModelSourceAgrees(browser, base)));
+    const ctx = {
+      log, pollPage, forwardConsole, timeoutMs: TEST_TIMEOUT_S * 1000,
+      screenshots: path.resolve(process.env.DPO_SCREENSHOTS ?? path.join(root, "screenshots")),
+    };
+    await run("the page: demo with LoRA, train, pause, charts, PEFT adapter download, reload, resume == uninterrupted",
+      needBrowser(() => testPageTrainResume(ctx, browser, base)));
+    await run("teach it yourself: sample, pick, train on the choices, compare (phone-sized)",
+      needBrowser(() => testPageTeach(ctx, browser, base)));
+    await run("model from disk: GGUF and a sharded folder through the file input; errors in their cards",
+      needBrowser(() => testPageDisk(ctx, browser, base, { fixtures: FIXTURES, sharded: SHARDED })));
+    await run("npm package: tarball installed, its example page trains; tsc on the .d.ts",
+      needBrowser(() => testPackage(browser)));
     await closeBrowser(browser);
     browser = null;
     await run("clear message without WebGPU", () => testNoWebGpu(base));
