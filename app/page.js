@@ -3,9 +3,10 @@
 // the browser (OPFS) and download the results. Everything runs through web/dpo-trainer.js, the
 // same module other sites embed.
 //
-// Automation: /?autorun=1&steps=N[&lr=X][&generate=1] trains the demo by itself and then sets
+// Automation: /?autorun=1[&steps=N][&lr=X][&generate=1] trains the demo by itself and then sets
 //   window.dpoResult = { steps, loss_first, loss_last, accuracy_last (held-out reward accuracy
-//   after training), train_accuracy_last, eval_accuracy_before, ..., device } (plus
+//   after training), train_accuracy_last, eval_accuracy_before, ..., device, before_after (the
+//   demo's before/after lines when the whole schedule ran: [{ prompt, before, after }]) } (plus
 //   generated_text, generated_tokens, tokens_per_second with generate=1), or window.dpoError.
 // window.dpoPage exposes the page's state to tests (history, evals, choices, charts, info).
 
@@ -22,6 +23,15 @@ const DEMO_SUGGESTIONS = [
   "write a sad line about the week :",
 ];
 const DEFAULT_SAVE_EVERY = 10;
+// ?beforeAfter=0 skips the demo's before/after table (tests that measure other things).
+const SHOW_BEFORE_AFTER = new URLSearchParams(location.search).get("beforeAfter") !== "0";
+/** The demo's before/after table: a subject of the training pairs and a held-out one. */
+const DEMO_BEFORE_AFTER = [
+  "write a happy line about the park :",
+  "write a sad line about the park :",
+  "write a happy line about the garden :",
+  "write a sad line about the garden :",
+];
 
 const S = {
   trainer: null,
@@ -111,7 +121,7 @@ function syncSourceBoxes() {
 function placeholders() {
   const demo = modelSource() === "demo";
   const d = demo
-    ? { beta: 0.1, lr: 3e-3, maxSteps: 120, batchSize: 16, maxLength: 32, seed: 42, sched: "constant" }
+    ? { beta: 0.1, lr: 1e-3, maxSteps: 60, batchSize: 16, maxLength: 32, seed: 42, sched: "constant" }
     : { beta: 0.1, lr: 1e-6, maxSteps: "1 epoch", batchSize: 8, maxLength: 1024, seed: 42, sched: "linear" };
   $("s-beta").placeholder = d.beta;
   $("s-lr").placeholder = d.lr;
@@ -123,12 +133,13 @@ function placeholders() {
   $("s-maxlen").placeholder = d.maxLength;
   $("s-seed").placeholder = d.seed;
   $("s-sched").options[0].textContent = `default (${d.sched})`;
+  $("s-loss").options[0].textContent = demo ? "default (sigmoid + sft)" : "default (sigmoid)";
 }
 
 /** The training options from the settings fields; throws naming the field. */
 function settings() {
   const out = {};
-  for (const input of document.querySelectorAll("#settings [data-option]")) {
+  for (const input of document.querySelectorAll("#settings-card [data-option]")) {
     const text = input.value.trim();
     if (!text) continue;
     const value = Number(text);
@@ -137,8 +148,14 @@ function settings() {
     if (input.type === "number" && !Number.isInteger(value)) throw new Error(`${name}: ${text} is not a whole number`);
     out[input.dataset.option] = value;
   }
-  if ($("s-loss").value) out.loss = [$("s-loss").value];
+  if ($("s-loss").value) out.loss = $("s-loss").value.split(",");
   if ($("s-sched").value) out.lrScheduler = $("s-sched").value;
+  for (const select of document.querySelectorAll("#more-settings [data-choice]")) {
+    if (select.value) out[select.dataset.choice] = select.value;
+  }
+  for (const box of document.querySelectorAll("#more-settings [data-flag]")) {
+    if (box.checked) out[box.dataset.flag] = true;
+  }
   if ($("s-lora").checked) {
     const rank = $("s-rank").value.trim();
     out.loraRank = rank ? Number(rank) : 8;
@@ -305,12 +322,13 @@ async function load() {
     setStatus("Ready to train.");
     return true;
   } catch (err) {
+    const original = err?.message ?? String(err);
+    const field = original.split(/[:\s]/)[0];
+    const settingsField = /^(lr|beta|batchSize|maxSteps|maxLength|epochs|loss\w*|seed|valSplit|lora\w*|warmupSteps|gradientAccumulationSteps|maxGradNorm|weightDecay|adam\w+|sgd\w+|labelSmoothing|simpoGamma|evalBatchSize|trainableLayers|truncationMode|optimizer|lrScheduler|dropout)$/;
+    const card = settingsField.test(field) ? "settings-card"
+      : /^(trainData|evalData)$/.test(field) ? "data-card" : "model-card";
     // The module names the data "trainData"; here it is the file the person chose.
-    const msg = (err?.message ?? String(err)).replace(/^trainData(?=[:\s])/, S.dataName ?? "the data");
-    err = new Error(msg, { cause: err });
-    const card = /trainData|data|pairs|max ?length|maxLength/i.test(msg) && !/model/i.test(msg.split(":")[0])
-      ? "data-card" : /lora|lr|beta|batch|steps|epochs|loss|seed|split/i.test(msg.split(":")[0])
-        ? "settings-card" : "model-card";
+    err = new Error(original.replace(/^trainData(?=[:\s])/, S.dataName ?? "the data"), { cause: err });
     showError(card, err);
     $("load-status").textContent = err?.cause?.name === "AbortError" ? "Cancelled." : "Not loaded.";
     S.trainer?.terminate();
@@ -426,14 +444,11 @@ async function train() {
     });
     S.info = await S.trainer.info();
     const finished = S.info.stepsDone >= S.info.totalSteps;
-    if (finished || S.stopRequested) {
-      await evaluate("after");
-      setStatus(`Done: ${S.info.stepsDone} steps.`);
-    } else {
-      setStatus(`Paused at step ${S.info.stepsDone} of ${S.info.totalSteps}.`);
-    }
+    if (finished || S.stopRequested) await evaluate("after");
     await save(finished ? "end of training" : "pause");
-    if (finished && S.info.demo && S.round === 1) compare(DEMO_PROMPT).catch(() => {});
+    if (finished && S.info.demo && S.round === 1 && SHOW_BEFORE_AFTER) await beforeAfter(DEMO_BEFORE_AFTER);
+    setStatus(finished || S.stopRequested ? `Done: ${S.info.stepsDone} steps.`
+      : `Paused at step ${S.info.stepsDone} of ${S.info.totalSteps}.`);
   } catch (err) {
     fail("train-card", err);
   } finally {
@@ -462,7 +477,7 @@ function fail(card, err) {
 
 function formState() {
   const fields = {};
-  for (const input of document.querySelectorAll("#settings input, #settings select")) {
+  for (const input of document.querySelectorAll("#settings-card input, #settings-card select")) {
     fields[input.id] = input.type === "checkbox" ? input.checked : input.value;
   }
   return { fields, modelSource: modelSource(), dataSource: dataSource(), modelUrl: $("model-url").value };
@@ -612,7 +627,9 @@ async function sample() {
   clearErrors();
   setBusy(true);
   try {
-    const seed = Math.floor(Math.random() * 2 ** 31);
+    // Seeds in sequence: the same clicks give the same answers (samplePair uses seed and seed + 1).
+    const seed = S.sampleSeed ?? 0;
+    S.sampleSeed = seed + 2;
     const pair = await S.trainer.samplePair(prompt, { temperature, seed, maxNewTokens: 16 });
     S.pair = pair;
     $("answer-a").textContent = pair.answers[0];
@@ -689,6 +706,30 @@ async function compare(prompt = $("compare-prompt").value) {
     showError("compare-card", err);
   } finally {
     setBusy(false);
+  }
+}
+
+/** Greedy lines of the reference and the tuned model for each prompt, in a table. */
+async function beforeAfter(prompts) {
+  const table = $("before-after");
+  const body = table.tBodies[0];
+  body.textContent = "";
+  table.classList.remove("hidden");
+  S.beforeAfter = [];
+  setStatus("Writing the before/after lines…");
+  for (const prompt of prompts) {
+    const row = body.insertRow();
+    row.insertCell().textContent = prompt;
+    const cells = [row.insertCell(), row.insertCell()];
+    const lines = [];
+    for (const [i, model] of ["reference", "policy"].entries()) {
+      const g = await S.trainer.generate(prompt, {
+        model, maxNewTokens: 10, onToken: (delta) => (cells[i].textContent += delta),
+      });
+      cells[i].textContent = g.text;
+      lines.push(g.text);
+    }
+    S.beforeAfter.push({ prompt, before: lines[0], after: lines[1] });
   }
 }
 
@@ -787,6 +828,7 @@ async function autorun(params) {
       seconds_first_step: reports[0].seconds,
       total_seconds: (performance.now() - t0) / 1000,
       device: S.info.device,
+      before_after: S.beforeAfter ?? null,
     };
     if (params.get("generate") === "1") {
       const out = $("out-tuned");

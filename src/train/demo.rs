@@ -1,11 +1,17 @@
-//! The built-in demo: a tiny Llama, a word-level tokenizer and a preference task, all generated
-//! in code so it runs with no download, natively and in a browser tab.
+//! The built-in demo: a tiny Llama, a word-level tokenizer and a preference task, generated in
+//! code so it runs with no download, natively and in a browser tab.
 //!
 //! The task: prompts ask for a `happy` or `sad` line about a subject; the chosen answer uses
 //! adjectives of the requested mood, the rejected one the opposite mood, in the same sentence
 //! template. A policy only wins on held-out pairs (unseen subjects) by reading the mood word in
 //! the prompt, so rising held-out reward accuracy shows DPO learning a prompt-conditioned
 //! preference, not a token bias.
+//!
+//! The model starts pretrained (`assets/demo_model.safetensors`, 0.4 MB, compiled in): SFT from
+//! random weights on lines of either mood whatever the prompt asks ([`pretraining_rows`],
+//! [`pretraining_options`]), so it writes well-formed lines before DPO and DPO only has to
+//! teach it which mood to pick. `tests/demo_model.rs` reruns that SFT and checks the file is
+//! exactly its result (and rewrites it with `DPO_WRITE_DEMO_MODEL=1`).
 
 use burn::tensor::Device;
 use rand::rngs::StdRng;
@@ -13,12 +19,15 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
+use super::losses::{LossOptions, LossTerm, PreferenceLoss};
 use super::optim::{LrSchedule, OptimizerKind};
 use super::options::TrainOptions;
 use crate::error::Result;
 use crate::io::bundle::ModelBundle;
 use crate::io::model_dir::ModelTexts;
+use crate::io::safetensors::{FileBytes, SafetensorsSource};
 use crate::model::weights::RandomInit;
+use crate::text::rows::Jsonl;
 use crate::text::rows::PreferencePair;
 
 const SPECIALS: [&str; 3] = ["<pad>", "<eos>", "<unk>"];
@@ -135,20 +144,102 @@ fn config_json() -> String {
     .to_string()
 }
 
-/// The demo model, freshly initialized from `seed` (identically on every backend: the weights are
-/// drawn on the host).
-pub fn model(seed: u64, device: &Device) -> Result<ModelBundle> {
-    ModelBundle::load(
-        ModelTexts {
-            label: "built-in demo".into(),
-            config_json: config_json(),
-            tokenizer_json: tokenizer_json(),
-            tokenizer_config_json: Some(tokenizer_config_json()),
-            extra_files: Vec::new(),
-        },
-        &RandomInit { seed, std: 0.02 },
-        device,
-    )
+fn texts() -> ModelTexts {
+    ModelTexts {
+        label: "built-in demo".into(),
+        config_json: config_json(),
+        tokenizer_json: tokenizer_json(),
+        tokenizer_config_json: Some(tokenizer_config_json()),
+        extra_files: Vec::new(),
+    }
+}
+
+/// The pretrained demo weights (see the module docs).
+pub const PRETRAINED: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/assets/demo_model.safetensors"
+));
+
+/// The demo model, pretrained (identical on every backend: the weights come from the file).
+pub fn model(device: &Device) -> Result<ModelBundle> {
+    let source = SafetensorsSource::new(
+        "built-in demo",
+        vec![(
+            "demo_model.safetensors".into(),
+            FileBytes::Owned(PRETRAINED.to_vec()),
+        )],
+    )?;
+    ModelBundle::load(texts(), &source, device)
+}
+
+/// The demo model with fresh random weights from `seed` (drawn on the host): where pretraining
+/// starts.
+pub fn random_model(seed: u64, device: &Device) -> Result<ModelBundle> {
+    ModelBundle::load(texts(), &RandomInit { seed, std: 0.02 }, device)
+}
+
+/// SFT rows that teach the sentence templates but not the mood: each prompt's completion uses
+/// adjectives of a mood drawn independently of the one the prompt asks for. Every subject is
+/// there (pretraining knows the words); the preference pairs' held-out subjects stay unseen by
+/// DPO, which is what the held-out accuracy measures.
+pub fn pretraining_rows(rows: usize, seed: u64) -> Jsonl {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5f7);
+    let text = (0..rows)
+        .map(|_| {
+            let subject = SUBJECTS.choose(&mut rng).expect("non-empty");
+            let asked = if rng.random_bool(0.5) { "happy" } else { "sad" };
+            let det = DETERMINERS.choose(&mut rng).expect("non-empty");
+            let words = if rng.random_bool(0.5) { &HAPPY } else { &SAD };
+            let line = sentence(&mut rng, det, subject, words);
+            json!({
+                "prompt": format!("write a {asked} line about {det} {subject} :"),
+                "completion": line,
+            })
+            .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Jsonl {
+        source: "demo pretraining rows".into(),
+        text,
+    }
+}
+
+/// How the demo model was pretrained (rows: [`PRETRAINING_ROWS`] of [`pretraining_rows`] with
+/// seed 0, from [`random_model`] with seed 42).
+pub fn pretraining_options() -> TrainOptions {
+    TrainOptions {
+        learning_rate: 3e-3,
+        loss: LossOptions::default(),
+        batch_size: 32,
+        epochs: 4,
+        max_steps: None,
+        max_length: Some(32),
+        seed: 0,
+        lr_schedule: LrSchedule::Linear,
+        ..train_options()
+    }
+}
+
+/// Rows in the demo's pretraining set.
+pub const PRETRAINING_ROWS: usize = 4096;
+
+const TEMPLATES: usize = 3;
+
+/// Line `template` of the demo's sentence templates about `subject` (`b` unused by the second).
+fn render(template: usize, det: &str, subject: &str, a: &str, b: &str) -> String {
+    match template {
+        0 => format!(" {det} {subject} is {a} and {b}"),
+        1 => format!(" {det} {subject} was so {a}"),
+        _ => format!(" i found {det} {subject} {a} and {b}"),
+    }
+}
+
+/// A line of a random template about `subject`, with adjectives from `words`.
+fn sentence(rng: &mut StdRng, det: &str, subject: &str, words: &[&str; 12]) -> String {
+    let mut w: Vec<&str> = words.to_vec();
+    w.shuffle(rng);
+    render(rng.random_range(0..TEMPLATES), det, subject, w[0], w[1])
 }
 
 fn pair(rng: &mut StdRng, subject: &str) -> PreferencePair {
@@ -168,12 +259,8 @@ fn pair(rng: &mut StdRng, subject: &str) -> PreferencePair {
     };
     let (g1, g2) = pick2(rng, good);
     let (b1, b2) = pick2(rng, bad);
-    let template = rng.random_range(0..3);
-    let line = |a: &str, b: &str| match template {
-        0 => format!(" {det} {subject} is {a} and {b}"),
-        1 => format!(" {det} {subject} was so {a}"),
-        _ => format!(" i found {det} {subject} {a} and {b}"),
-    };
+    let template = rng.random_range(0..TEMPLATES);
+    let line = |a: &str, b: &str| render(template, det, subject, a, b);
     PreferencePair {
         prompt: prompt.into(),
         chosen: line(g1, g2).into(),
@@ -202,13 +289,30 @@ pub fn pairs(
     (train_pairs, eval_pairs)
 }
 
-/// Settings under which DPO visibly works on the demo in a few minutes on two CPU cores.
+/// Settings under which DPO visibly works on the demo in seconds natively and minutes in a
+/// browser tab. The loss is DPO plus the chosen answers' NLL (TRL's `loss_type=["sigmoid",
+/// "sft"]`, RPO): pure DPO on a model this small drives the rejected answers' log-probs down
+/// until the lines fall apart ("trip trip trip"); the NLL term keeps them well-formed while
+/// the mood moves to the one asked for (`tests/demo_model.rs`).
 pub fn train_options() -> TrainOptions {
     TrainOptions {
         optimizer: OptimizerKind::AdamW,
-        learning_rate: 3e-3,
+        learning_rate: 1e-3,
         batch_size: 16,
-        max_steps: Some(120),
+        max_steps: Some(60),
+        loss: LossOptions {
+            losses: vec![
+                LossTerm {
+                    loss: PreferenceLoss::Sigmoid,
+                    weight: 1.0,
+                },
+                LossTerm {
+                    loss: PreferenceLoss::Sft,
+                    weight: 1.0,
+                },
+            ],
+            ..LossOptions::default()
+        },
         beta: 0.1,
         max_length: Some(32),
         seed: 42,

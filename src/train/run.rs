@@ -357,7 +357,7 @@ impl Run {
         };
         let bundle = match spec.model {
             Some(bundle) => bundle,
-            None => demo::model(options.seed, &device.device)?,
+            None => demo::model(&device.device)?,
         };
         let max_length_fitted = if spec.overrides.max_length.is_none()
             && spec.resume.is_none()

@@ -5,7 +5,8 @@
 //
 // Tests:
 //   1. /?autorun=1&steps=S&generate=1   the demo page trains S steps in its worker (loss must go
-//                            down), then generates from the demo prompt
+//                            down), then generates from the demo prompt; with the whole schedule
+//                            (60) its before/after table must show lines in the mood asked for
 //   2. /examples/embed.html  the embeddable module: train, evaluate, generate (streamed), export
 //   3. modelUrl              DpoTrainer.create({ modelUrl: "/fixtures/llama/policy/" }) downloads
 //                            the tiny random Llama of tests/fixtures (served under /fixtures/);
@@ -38,7 +39,8 @@
 // Environment (all optional):
 //   DPO_DIST            folder to serve (default: dist/ at the repo root)
 //   CHROMIUM            browser binary (default: /usr/bin/chromium)
-//   DPO_TEST_STEPS      steps for test 1 (default 12)
+//   DPO_TEST_STEPS      steps for test 1 (default 60, the demo's whole schedule: then its
+//                       before/after lines must be sentences in the mood each prompt asks for)
 //   DPO_EMBED_STEPS     steps for test 2 (default 8)
 //   DPO_TEST_TIMEOUT_S  limit for test 1 in seconds (default 480); tests 2 and 3 get the same
 //   DPO_TOTAL_TIMEOUT_S hard limit for the whole run (default 1500)
@@ -59,7 +61,7 @@ const DIST = path.resolve(process.env.DPO_DIST ?? path.join(root, "dist"));
 const FIXTURES = path.join(root, "tests", "fixtures");
 const TEST_COUNT = 11;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const STEPS = Number(process.env.DPO_TEST_STEPS ?? 12);
+const STEPS = Number(process.env.DPO_TEST_STEPS ?? 60);
 const EMBED_STEPS = Number(process.env.DPO_EMBED_STEPS ?? 8);
 const TEST_TIMEOUT_S = Number(process.env.DPO_TEST_TIMEOUT_S ?? 480);
 const TOTAL_TIMEOUT_S = Number(process.env.DPO_TOTAL_TIMEOUT_S ?? 1500);
@@ -230,6 +232,21 @@ async function testDemoPage(browser, base) {
       `1 <= generated_tokens <= 8 (got ${r.generated_tokens})`);
     assert(isNum(r.tokens_per_second) && r.tokens_per_second > 0,
       `tokens_per_second is a finite positive number (got ${r.tokens_per_second})`);
+    // The whole demo schedule ran: its lines must read as sentences in the mood asked for.
+    const moodWords = {
+      happy: ["bright", "lovely", "warm", "cheerful", "wonderful", "calm", "sweet", "great", "kind", "fun", "gentle", "joyful"],
+      sad: ["dull", "awful", "cold", "gloomy", "terrible", "tense", "bitter", "poor", "harsh", "boring", "grim", "dreary"],
+    };
+    if (STEPS === 60) {
+      assert(Array.isArray(r.before_after) && r.before_after.length === 4, `before/after lines: ${JSON.stringify(r.before_after)}`);
+      for (const { prompt, after } of r.before_after) {
+        const [, mood, subject] = prompt.match(/write a (happy|sad) line about the (\w+) :/);
+        const other = mood === "happy" ? "sad" : "happy";
+        const words = after.split(/\s+/);
+        assert(words.includes(subject) && words.some((w) => moodWords[mood].includes(w)) &&
+          !words.some((w) => moodWords[other].includes(w)), `"${prompt}" -> "${after}" is a ${mood} line about the ${subject}`);
+      }
+    }
     const shown = await page.textContent("#out-tuned");
     assert(shown.endsWith(r.generated_text), `#out-tuned shows the generated text (got ${JSON.stringify(shown)})`);
     return {
@@ -240,7 +257,8 @@ async function testDemoPage(browser, base) {
         `${r.seconds_per_step?.toFixed(2)} s/step (Rust-timed; first step ${r.seconds_first_step?.toFixed(2)} s, ` +
         `wall ${r.wall_seconds_per_step?.toFixed(2)} s/step); generated ${r.generated_tokens} tokens ` +
         `${JSON.stringify(r.generated_text)} at ${r.tokens_per_second.toFixed(2)} tokens/s (greedy); ` +
-        `page total ${wall.toFixed(1)} s on ${r.device}`,
+        `page total ${wall.toFixed(1)} s on ${r.device}; before -> after: ` +
+        (r.before_after ?? []).map((x) => `"${x.before}" -> "${x.after}"`).join(", "),
     };
   } finally {
     await context.close().catch(() => {});
