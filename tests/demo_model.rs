@@ -44,24 +44,8 @@ fn the_built_in_model_is_its_pretraining_run() {
     );
 }
 
-const HAPPY_WORDS: [&str; 12] = [
-    "bright",
-    "lovely",
-    "warm",
-    "cheerful",
-    "wonderful",
-    "calm",
-    "sweet",
-    "great",
-    "kind",
-    "fun",
-    "gentle",
-    "joyful",
-];
-const SAD_WORDS: [&str; 12] = [
-    "dull", "awful", "cold", "gloomy", "terrible", "tense", "bitter", "poor", "harsh", "boring",
-    "grim", "dreary",
-];
+const HAPPY_WORDS: [&str; 12] = demo::HAPPY;
+const SAD_WORDS: [&str; 12] = demo::SAD;
 
 /// Greedy lines for each (mood, held-out subject) prompt.
 fn lines(run: &Run) -> Vec<(String, String, String)> {

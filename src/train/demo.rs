@@ -40,7 +40,8 @@ const SUBJECTS: [&str; 30] = [
 /// Subjects never seen in training; the held-out pairs use only these.
 const HELD_OUT_SUBJECTS: usize = 6;
 
-const HAPPY: [&str; 12] = [
+/// Adjectives of each mood (the chosen or rejected side of a pair).
+pub const HAPPY: [&str; 12] = [
     "bright",
     "lovely",
     "warm",
@@ -54,7 +55,7 @@ const HAPPY: [&str; 12] = [
     "gentle",
     "joyful",
 ];
-const SAD: [&str; 12] = [
+pub const SAD: [&str; 12] = [
     "dull", "awful", "cold", "gloomy", "terrible", "tense", "bitter", "poor", "harsh", "boring",
     "grim", "dreary",
 ];
