@@ -10,10 +10,10 @@
 //                        the margin rise; compare streams the reference's and the tuned answer;
 //                        the choices download as TRL JSONL
 //   testPageDisk         a model from disk through the file input: a GGUF file, the files of a
-//                        sharded safetensors folder (same first loss as the GGUF? no: a different
-//                        model; each trains a step with finite metrics), a folder missing its
-//                        config (an error shown in the model card), and a data file with a bad line
-//                        (an error naming the line, shown in the data card)
+//                        sharded safetensors folder (each trains a step with finite metrics), a
+//                        folder missing its config (an error shown in the model card), a data file
+//                        with a bad line (an error naming the file and line, in the data card), and
+//                        a URL that is not a model folder (the missing file named, in the model card)
 // Each writes screenshots into SCREENSHOTS (default: screenshots/ at the repo root).
 
 import fs from "node:fs";
@@ -294,8 +294,19 @@ export async function testPageDisk(ctx, browser, base, { fixtures, sharded }) {
     const dataMessage = await dataError.jsonValue();
     const lines = fs.readFileSync(bad, "utf8").trim().split("\n").length;
     assert(new RegExp(`^bad\\.jsonl:${lines}\\b`).test(dataMessage), `the file and bad line (${lines}) named: ${dataMessage}`);
+    // A URL that is not a model folder: the message names the missing file and where it looked.
+    await page.check("input[name=model-source][value=url]");
+    await page.fill("#model-url", "/fixtures/no-such-model/");
+    await page.click("#load");
+    const urlError = await page.waitForFunction(
+      () => document.querySelector("#model-card > .notice.error")?.textContent, null, { timeout: ctx.timeoutMs });
+    const urlMessage = await urlError.jsonValue();
+    assert(/config\.json not found at .*no-such-model\/config\.json \(404\)/.test(urlMessage), `bad URL named: ${urlMessage}`);
     await shot(ctx, page, "8-disk-errors");
-    return { detail: `${results.join("; ")}; errors: model card "${modelMessage}", data card "${dataMessage}"` };
+    return {
+      detail: `${results.join("; ")}; errors: model card "${modelMessage}", data card "${dataMessage}", ` +
+        `bad URL "${urlMessage}"`,
+    };
   } finally {
     await context.close().catch(() => {});
     fs.rmSync(tmp, { recursive: true, force: true });
