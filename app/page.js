@@ -156,6 +156,12 @@ function settings() {
   for (const box of document.querySelectorAll("#more-settings [data-flag]")) {
     if (box.checked) out[box.dataset.flag] = true;
   }
+  const budget = $("s-budget").value.trim();
+  if (budget) {
+    const mib = Number(budget);
+    if (!(mib > 0)) throw new Error(`GPU memory budget: ${JSON.stringify(budget)} is not a positive number of MiB`);
+    out.memoryLimits = { budget: Math.round(mib * 1024 * 1024) };
+  }
   if ($("s-lora").checked) {
     const rank = $("s-rank").value.trim();
     out.loraRank = rank ? Number(rank) : 8;
@@ -254,6 +260,7 @@ function showFacts(info) {
     ["Parameters", s.parameters.toLocaleString("en")],
     ["Trained", `${s.trainableParameters.toLocaleString("en")}${info.lora ? ` (LoRA r${info.lora.rank} on ${info.lora.targets.join(", ")})` : " (every weight)"}`],
     ["Device", info.device],
+    ["Memory", memoryText(s.memory)],
   ];
   const dl = $("model-facts");
   dl.textContent = "";
@@ -267,6 +274,13 @@ function showFacts(info) {
     d ? `${what}: ${d.kept} pairs kept${d.dropped ? `, ${d.dropped} dropped (${why})` : ""}` : null;
   $("data-status").textContent = [part(s.train, `Training (${s.train.source})`), part(s.eval, "held out")]
     .filter(Boolean).join("; ") + (s.maxLengthFitted ? `; max length fitted to ${s.maxLengthFitted}` : "") + ".";
+}
+
+/** The run's device memory, by what holds it. */
+function memoryText(m) {
+  if (!m) return "–";
+  return `about ${bytes(m.total)}: weights ${bytes(m.weights)}, gradients ${bytes(m.gradients)}, ` +
+    `optimizer ${bytes(m.optimizer)}, activations ${bytes(m.activations)} (largest buffer ${bytes(m.largestBuffer)})`;
 }
 
 function showProgress({ file, loaded, total }) {
@@ -401,8 +415,11 @@ function setBusy(busy) {
   $("cancel-load").closest(".row").querySelector("#cancel-load").disabled = !S.loadAbort;
 }
 
+// ?evaluate=0 skips the held-out evaluations (tests that measure other things).
+const EVALUATE = new URLSearchParams(location.search).get("evaluate") !== "0";
+
 async function evaluate(phase) {
-  if (!S.info?.evalExamples) return null;
+  if (!S.info?.evalExamples || !EVALUATE) return null;
   setStatus(`Evaluating ${S.info.evalExamples} held-out pairs…`);
   const metrics = await S.trainer.evaluate();
   const step = S.history.at(-1)?.step ?? S.info.stepsDone;

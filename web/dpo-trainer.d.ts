@@ -328,6 +328,12 @@ export interface CreateOptions
    * adapter, optimizer.safetensors, trainer_state.json), with the same model and data options.
    */
   resumeFrom?: Record<string, Uint8Array>;
+  /**
+   * A run is refused before its weights reach the GPU when its largest buffer exceeds
+   * `maxBuffer` (default: the adapter's maxStorageBufferBindingSize / maxBufferSize) or its
+   * estimated total exceeds `budget`.
+   */
+  memoryLimits?: MemoryLimits;
 }
 
 /** Options of {@link DpoTrainer.train}. */
@@ -642,7 +648,30 @@ export interface Info {
     parameters: number;
     /** maxLength when it was lowered to the model's limit (GPT-2's positions), else null. */
     maxLengthFitted: number | null;
+    /** What the run holds on the device, in bytes. */
+    memory: MemoryEstimate;
   };
+}
+
+/** A run's device memory in bytes (weights, gradients, optimizer exact; activations estimated). */
+export interface MemoryEstimate {
+  weights: number;
+  gradients: number;
+  optimizer: number;
+  activations: number;
+  /** The biggest single buffer (WebGPU refuses one above maxStorageBufferBindingSize). */
+  largestBuffer: number;
+  total: number;
+  parameters: number;
+  trainedParameters: number;
+}
+
+/** Limits a run must fit, in bytes (see {@link CreateOptions.memoryLimits}). */
+export interface MemoryLimits {
+  /** The biggest buffer the device binds (default: the adapter's limits). */
+  maxBuffer?: number;
+  /** Bytes the whole run may use. */
+  budget?: number;
 }
 
 /** A run saved in the origin private file system (OPFS) by {@link DpoTrainer.saveToOpfs}. */

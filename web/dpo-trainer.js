@@ -90,6 +90,11 @@
  *               from a PEFT adapter (it keeps training; the base plus it is the reference)
  *   resumeFrom  checkpoint files from trainer.checkpoint(): continue that run (with the same
  *               model and data options) at its step, optimizer state and data order
+ *   memoryLimits { maxBuffer?, budget? } bytes: the run's memory is estimated from the model's
+ *               config and the settings before any weight reaches the GPU (info().summary.memory:
+ *               weights, gradients, optimizer, activations, largestBuffer, total) and refused
+ *               with a message when its largest buffer exceeds maxBuffer (default: the adapter's
+ *               maxStorageBufferBindingSize / maxBufferSize) or its total exceeds budget
  *   The data and training:
  *   task        "dpo" (default) or "sft"
  *   trainData, evalData   JSONL text or an array of rows: DPO { prompt, chosen, rejected };
@@ -161,7 +166,7 @@
  *   trainer.info() -> Promise<{ device, family, task, demo, lora, trainExamples, evalExamples,
  *       totalSteps, stepsDone, options, summary }>   (lora: { rank, alpha, targets, ... } or
  *       null; summary: { train: { source, kept, dropped }, eval, dropReason,
- *       trainableParameters, parameters, maxLengthFitted })
+ *       trainableParameters, parameters, maxLengthFitted, memory })
  *   trainer.terminate()                                  stops the worker; later calls reject
  *   checkWebGPU() -> Promise<{ ok: true, adapter } | { ok: false, reason }>
  *   resolveModelUrl(modelUrl, base?) -> string           the URL a modelUrl downloads from

@@ -214,7 +214,13 @@ async function start({ jsUrl, wasmUrl, source: given, resumeFrom }, id) {
   ]);
   if (model.texts) options.model = model.texts;
   if (reference?.texts) options.refModel = reference.texts;
-  const created = await glue.Trainer.create(options, model.weights ?? undefined, {
+  // The biggest buffer this device binds (wgpu asks the adapter for all it has): a model that
+  // needs more is refused before its weights are loaded, instead of failing on the GPU.
+  // (Not saved with the run: a resumed run gets the limits of the device it resumes on.)
+  const limits = (await self.navigator.gpu.requestAdapter())?.limits;
+  const maxBuffer = limits ? Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) : undefined;
+  const createOptions = { ...options, memoryLimits: { maxBuffer, ...(options.memoryLimits ?? {}) } };
+  const created = await glue.Trainer.create(createOptions, model.weights ?? undefined, {
     refWeights: reference?.weights ?? undefined,
     resumeFrom: asBytes(resumeFrom) ?? undefined,
     loraAdapter: asBytes(given.loraAdapter) ?? undefined,

@@ -495,6 +495,14 @@ impl ModelConfig {
         })
     }
 
+    /// The most positions the model can take (GPT-2's learned table); `None` for RoPE models.
+    pub fn max_positions(&self) -> Option<usize> {
+        match &self.architecture {
+            Architecture::Gpt2(c) => Some(c.n_positions),
+            Architecture::Llama(_) | Architecture::Qwen2(_) => None,
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         match &self.architecture {
             Architecture::Gpt2(c) => c.vocab_size,

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod demo;
 pub mod dpo;
 pub mod losses;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod optimizer;

@@ -163,6 +163,16 @@ impl Optimizer {
         updated
     }
 
+    /// Numbers the state holds (moments or velocities of every parameter stepped so far).
+    pub fn state_len(&self) -> usize {
+        self.states
+            .values()
+            .flat_map(|s| [&s.first, &s.second])
+            .flatten()
+            .map(|t| t.dims()[0])
+            .sum()
+    }
+
     /// The state as safetensors bytes: `<param id>.first`, `<param id>.second` and
     /// `<param id>.time` (a one-element tensor) for every parameter that has state. Reads the
     /// device asynchronously.

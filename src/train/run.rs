@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::checkpoint::{self, SavedRun, SavedWeights};
 use super::demo;
+use super::memory::{self, MemoryEstimate};
 use super::metrics::{Metrics, StepReport};
 use super::options::{OptionOverrides, Task, TrainOptions};
 use super::trainer::{TaskData, TestData, Trainer};
@@ -27,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::io::bundle::{ExportSpec, ExportedFiles, ModelBundle};
 use crate::io::peft::{self, AdapterFiles};
 use crate::model::CausalLm;
-use crate::model::config::Family;
+use crate::model::config::{Family, ModelConfig};
 use crate::model::lora::{self, LoraSettings};
 use crate::model::weights::WithParamIds;
 use crate::text::collate::TruncationMode;
@@ -94,6 +95,25 @@ pub fn check_settings(
         .validate()?;
     }
     Ok(())
+}
+
+/// What a fresh run of `task` on a model with `config` will hold on the device, worked out before
+/// its weights are loaded (the browser refuses a run that cannot fit). Options as `Run::new`
+/// resolves them for a fresh run: the task's defaults, `overrides`, `max_length` fitted to the
+/// model's positions.
+pub fn planned_memory(
+    task: Task,
+    config: &ModelConfig,
+    overrides: &OptionOverrides,
+    lora: Option<&LoraRequest>,
+) -> Result<MemoryEstimate> {
+    let mut options = TrainOptions::defaults_for(task);
+    overrides.apply(&mut options)?;
+    if overrides.max_length.is_none() {
+        options.fit_max_length(config.max_positions());
+    }
+    let lora = lora.map(|r| LoraSettings::new(r.rank, r.alpha, r.targets.clone(), config.family()));
+    Ok(memory::estimate(config, &options, lora.as_ref()))
 }
 
 /// SimPO and ORPO load no reference model, so naming one is a mistake worth reporting.
@@ -190,6 +210,8 @@ pub struct Summary {
     pub trainable_parameters: usize,
     /// Numbers in the model (base weights and adapters).
     pub parameters: usize,
+    /// What the run holds on the device (`train/memory.rs`).
+    pub memory: MemoryEstimate,
     /// The checkpoint this run resumed from (its label) and the step it resumed at.
     pub resumed: Option<(String, usize)>,
 }
@@ -529,6 +551,7 @@ impl Run {
             lora: lora.clone(),
             trainable_parameters: 0,
             parameters: 0,
+            memory: memory::estimate(&config, &options, lora.as_ref()),
             resumed: None,
         };
         let synced_reference = match spec.resume.as_ref().and_then(|s| s.reference.as_ref()) {

@@ -16,15 +16,18 @@ use wasm_bindgen_futures::future_to_promise;
 
 use crate::backend::{SelectedDevice, init_wgpu_async};
 use crate::error::Error;
+use crate::io::bundle::ModelBundle;
 use crate::io::hub_ref::{DEFAULT_ENDPOINT, HubRef};
 use crate::io::model_dir;
 use crate::io::peft::AdapterFiles;
 use crate::model::config::Family;
+use crate::model::config::ModelConfig;
 use crate::model::lora::LoraSettings;
 use crate::text::stream::generate_text;
 use crate::train::checkpoint;
+use crate::train::memory::MemoryEstimate;
 use crate::train::options::{OptionOverrides, Task, TrainOptions};
-use crate::train::run::{DataSummary, DropReason, Run, RunSpec, Summary};
+use crate::train::run::{DataSummary, DropReason, Run, RunSpec, Summary, planned_memory};
 use options::{
     CreateOptions, DataInput, ExportOptions, GenerateOptions, ModelChoice, WeightBytes,
     files_from_js, option_name,
@@ -88,6 +91,7 @@ struct SummaryJs {
     trainable_parameters: usize,
     parameters: usize,
     max_length_fitted: Option<usize>,
+    memory: MemoryEstimate,
 }
 
 impl SummaryJs {
@@ -99,6 +103,7 @@ impl SummaryJs {
             trainable_parameters: s.trainable_parameters,
             parameters: s.parameters,
             max_length_fitted: s.max_length_fitted,
+            memory: s.memory,
         }
     }
 }
@@ -165,11 +170,19 @@ impl Trainer {
             };
             let selected = init_wgpu_async().await.map_err(js_error)?;
             let model = match weights {
-                Some(weights) => Some(
-                    weights
-                        .load(options.model.take(), &selected.device)
-                        .map_err(core_error)?,
-                ),
+                Some(weights) => {
+                    let (texts, source) = weights.open(options.model.take()).map_err(core_error)?;
+                    // Refuse what cannot fit before anything is on the device.
+                    let config = ModelConfig::from_json(&texts.config_json, &texts.label)
+                        .map_err(core_error)?;
+                    planned_memory(task, &config, &options.settings, options.lora().as_ref())
+                        .and_then(|estimate| estimate.check(&options.memory_limits))
+                        .map_err(core_error)?;
+                    Some(
+                        ModelBundle::load(texts, source.as_ref(), &selected.device)
+                            .map_err(core_error)?,
+                    )
+                }
                 None => None,
             };
             let reference = match ref_weights {

@@ -10,8 +10,10 @@ use crate::io::gguf;
 use crate::io::model_dir::{CARRIED_FILES, ModelTexts, WEIGHTS_FILE};
 use crate::io::safetensors::{FileBytes, SafetensorsSource};
 use crate::model::generate::SamplingOptions;
+use crate::model::weights::WeightSource;
 use crate::text::rows::Jsonl;
 use crate::text::stream::Prompt;
+use crate::train::memory::MemoryLimits;
 use crate::train::options::OptionOverrides;
 use crate::train::run::LoraRequest;
 
@@ -40,6 +42,9 @@ pub struct CreateOptions {
     pub lora_targets: Option<Vec<String>>,
     /// Export the model with adapters folded in rather than the PEFT adapter.
     pub merge_lora: bool,
+    /// What the device allows (the worker fills `maxBuffer` from the adapter's limits; a page may
+    /// set a `budget`): a run that would not fit is refused before its weights are loaded.
+    pub memory_limits: MemoryLimits,
 }
 
 impl CreateOptions {
@@ -196,17 +201,17 @@ impl WeightBytes {
         Ok(Some(Self::Shards(shards)))
     }
 
-    /// The model: a GGUF file on its own, or safetensors with the texts of `files`.
-    pub fn load(
+    /// The model's texts and weights: a GGUF file on its own, or safetensors with the texts of
+    /// `files`. Nothing is on the device yet.
+    pub fn open(
         self,
         files: Option<ModelFilesText>,
-        device: &burn::tensor::Device,
-    ) -> Result<ModelBundle> {
+    ) -> Result<(ModelTexts, Box<dyn WeightSource>)> {
         let shards = match self {
             WeightBytes::Single(bytes) if bytes.starts_with(b"GGUF") => {
                 let (texts, source) =
                     gguf::model_texts_and_weights("model.gguf", FileBytes::Owned(bytes))?;
-                return ModelBundle::load(texts, &source, device);
+                return Ok((texts, Box::new(source)));
             }
             WeightBytes::Single(bytes) => vec![(WEIGHTS_FILE.to_string(), bytes)],
             WeightBytes::Shards(shards) => shards,
@@ -228,11 +233,20 @@ impl WeightBytes {
                 .map(|(name, bytes)| (name, FileBytes::Owned(bytes)))
                 .collect(),
         )?;
-        ModelBundle::load(files.into_texts(), &source, device)
+        Ok((files.into_texts(), Box::new(source)))
+    }
+
+    /// The model on `device`.
+    pub fn load(
+        self,
+        files: Option<ModelFilesText>,
+        device: &burn::tensor::Device,
+    ) -> Result<ModelBundle> {
+        let (texts, source) = self.open(files)?;
+        ModelBundle::load(texts, source.as_ref(), device)
     }
 }
 
-/// Which model `generate` continues the prompt with.
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelChoice {

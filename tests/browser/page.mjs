@@ -13,7 +13,8 @@
 //                        sharded safetensors folder (each trains a step with finite metrics), a
 //                        folder missing its config (an error shown in the model card), a data file
 //                        with a bad line (an error naming the file and line, in the data card), and
-//                        a URL that is not a model folder (the missing file named, in the model card)
+//                        a URL that is not a model folder (the missing file named, in the model card),
+//                        and a run over the memory budget refused before loading
 // Each writes screenshots into SCREENSHOTS (default: screenshots/ at the repo root).
 
 import fs from "node:fs";
@@ -89,8 +90,9 @@ export async function testPageTrainResume(ctx, browser, base) {
   const STEPS = 6;
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   try {
-    // The before/after table is checked by the teach test; here it would only cost time.
-    const page = await openPage(ctx, context, base, "page", "?beforeAfter=0");
+    // The before/after table and held-out evaluations are checked by test 1; here they would
+    // only cost time.
+    const page = await openPage(ctx, context, base, "page", "?beforeAfter=0&evaluate=0");
     await shot(ctx, page, "1-start");
     await setField(page, "s-steps", STEPS);
     await page.check("#s-lora");
@@ -294,6 +296,20 @@ export async function testPageDisk(ctx, browser, base, { fixtures, sharded }) {
     const dataMessage = await dataError.jsonValue();
     const lines = fs.readFileSync(bad, "utf8").trim().split("\n").length;
     assert(new RegExp(`^bad\\.jsonl:${lines}\\b`).test(dataMessage), `the file and bad line (${lines}) named: ${dataMessage}`);
+    // A run that would not fit is refused before its weights reach the GPU (a budget the page
+    // sets; the adapter's buffer limits are the default).
+    await page.setInputFiles("#data-file", path.join(fixtures, "data.jsonl"));
+    await page.waitForFunction(() => /data\.jsonl/.test(document.getElementById("data-status").textContent));
+    await page.setInputFiles("#model-files", [path.join(fixtures, "spm_gguf", "tiny-llama-spm.gguf")]);
+    await page.click("summary");
+    await setField(page, "s-budget", 0.05);
+    await page.click("#load");
+    const fitError = await page.waitForFunction(
+      () => document.querySelector("#model-card > .notice.error")?.textContent, null, { timeout: ctx.timeoutMs });
+    const fitMessage = await fitError.jsonValue();
+    assert(/needs about .* \(weights .*\) but 51\.2 KiB are available: use LoRA/.test(fitMessage), `refusal: ${fitMessage}`);
+    await setField(page, "s-budget", "");
+
     // A URL that is not a model folder: the message names the missing file and where it looked.
     await page.check("input[name=model-source][value=url]");
     await page.fill("#model-url", "/fixtures/no-such-model/");
@@ -305,7 +321,7 @@ export async function testPageDisk(ctx, browser, base, { fixtures, sharded }) {
     await shot(ctx, page, "8-disk-errors");
     return {
       detail: `${results.join("; ")}; errors: model card "${modelMessage}", data card "${dataMessage}", ` +
-        `bad URL "${urlMessage}"`,
+        `bad URL "${urlMessage}", too big "${fitMessage}"`,
     };
   } finally {
     await context.close().catch(() => {});

@@ -42,8 +42,8 @@
 //   DPO_TEST_STEPS      steps for test 1 (default 60, the demo's whole schedule: then its
 //                       before/after lines must be sentences in the mood each prompt asks for)
 //   DPO_EMBED_STEPS     steps for test 2 (default 8)
-//   DPO_TEST_TIMEOUT_S  limit for test 1 in seconds (default 480); tests 2 and 3 get the same
-//   DPO_TOTAL_TIMEOUT_S hard limit for the whole run (default 1500)
+//   DPO_TEST_TIMEOUT_S  limit for test 1 in seconds (default 900); the others get the same
+//   DPO_TOTAL_TIMEOUT_S hard limit for the whole run (default 3000)
 //   DPO_VERBOSE=1       also forward the browser's console.log/info lines
 //   DPO_ONLY            comma-separated test numbers to run (e.g. "3,4"); the others are skipped
 //   DPO_SCREENSHOTS     folder for the page tests' screenshots
@@ -63,8 +63,8 @@ const TEST_COUNT = 11;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const STEPS = Number(process.env.DPO_TEST_STEPS ?? 60);
 const EMBED_STEPS = Number(process.env.DPO_EMBED_STEPS ?? 8);
-const TEST_TIMEOUT_S = Number(process.env.DPO_TEST_TIMEOUT_S ?? 480);
-const TOTAL_TIMEOUT_S = Number(process.env.DPO_TOTAL_TIMEOUT_S ?? 1500);
+const TEST_TIMEOUT_S = Number(process.env.DPO_TEST_TIMEOUT_S ?? 900);
+const TOTAL_TIMEOUT_S = Number(process.env.DPO_TOTAL_TIMEOUT_S ?? 3000);
 const VERBOSE = process.env.DPO_VERBOSE === "1";
 const ONLY = process.env.DPO_ONLY ? new Set(process.env.DPO_ONLY.split(",").map((x) => Number(x.trim()))) : null;
 
