@@ -412,7 +412,7 @@ function setBusy(busy) {
   $("dl-adapter").disabled = !ready || !S.info?.lora;
   $("train-choices").disabled = !ready || S.choices.length === 0;
   $("download-choices").disabled = S.choices.length === 0;
-  $("cancel-load").closest(".row").querySelector("#cancel-load").disabled = !S.loadAbort;
+  $("cancel-load").disabled = !S.loadAbort;
 }
 
 // ?evaluate=0 skips the held-out evaluations (tests that measure other things).

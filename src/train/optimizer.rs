@@ -136,12 +136,10 @@ impl Optimizer {
                 let mut velocity_out = None;
                 let momentum = self.settings.sgd_momentum;
                 if momentum > 0.0 {
-                    // No dampening: v = g at first, then v = g + μ·v.
+                    // No dampening: v = g at first, then v = g + μ·v (burn multiplies g by
+                    // 1 − dampening = 1 first; skipping that no-op kernel changes no bit).
                     let velocity = match state.and_then(|s| s.first) {
-                        Some(v) => grad
-                            .clone()
-                            .mul_scalar(1.0)
-                            .add(shaped(v).mul_scalar(momentum)),
+                        Some(v) => grad.clone().add(shaped(v).mul_scalar(momentum)),
                         None => grad.clone(),
                     };
                     grad = if self.settings.sgd_nesterov {

@@ -100,20 +100,38 @@ pub fn check_settings(
 /// What a fresh run of `task` on a model with `config` will hold on the device, worked out before
 /// its weights are loaded (the browser refuses a run that cannot fit). Options as `Run::new`
 /// resolves them for a fresh run: the task's defaults, `overrides`, `max_length` fitted to the
-/// model's positions.
+/// model's positions (`fresh_options`).
 pub fn planned_memory(
     task: Task,
     config: &ModelConfig,
     overrides: &OptionOverrides,
     lora: Option<&LoraRequest>,
 ) -> Result<MemoryEstimate> {
-    let mut options = TrainOptions::defaults_for(task);
-    overrides.apply(&mut options)?;
-    if overrides.max_length.is_none() {
-        options.fit_max_length(config.max_positions());
-    }
+    let (options, _) = fresh_options(task, false, overrides, config)?;
     let lora = lora.map(|r| LoraSettings::new(r.rank, r.alpha, r.targets.clone(), config.family()));
     Ok(memory::estimate(config, &options, lora.as_ref()))
+}
+
+/// The options of a fresh run (the one rule, for `Run::new` and `planned_memory`): the task's
+/// defaults (or the demo's), `overrides`, and `max_length` lowered to the model's positions when
+/// the user did not set it (returned when it was).
+fn fresh_options(
+    task: Task,
+    demo: bool,
+    overrides: &OptionOverrides,
+    config: &ModelConfig,
+) -> Result<(TrainOptions, Option<usize>)> {
+    let mut options = if demo {
+        demo::train_options()
+    } else {
+        TrainOptions::defaults_for(task)
+    };
+    overrides.apply(&mut options)?;
+    let fitted = match overrides.max_length {
+        None => options.fit_max_length(config.max_positions()),
+        Some(_) => None,
+    };
+    Ok((options, fitted))
 }
 
 /// SimPO and ORPO load no reference model, so naming one is a mistake worth reporting.
@@ -360,34 +378,18 @@ impl Run {
             ));
         }
 
-        let mut options = match (&spec.resume, &spec.base_options) {
-            (Some(saved), _) => saved.state.options.clone(),
-            (None, Some(base)) => {
-                let mut options = base.clone();
-                spec.overrides.apply(&mut options)?;
-                options
-            }
-            (None, None) => {
-                let mut options = if demo {
-                    demo::train_options()
-                } else {
-                    TrainOptions::defaults_for(task)
-                };
-                spec.overrides.apply(&mut options)?;
-                options
-            }
-        };
         let bundle = match spec.model {
             Some(bundle) => bundle,
             None => demo::model(&device.device)?,
         };
-        let max_length_fitted = if spec.overrides.max_length.is_none()
-            && spec.resume.is_none()
-            && spec.base_options.is_none()
-        {
-            options.fit_max_length(bundle.model.max_positions())
-        } else {
-            None
+        let (options, max_length_fitted) = match (&spec.resume, &spec.base_options) {
+            (Some(saved), _) => (saved.state.options.clone(), None),
+            (None, Some(base)) => {
+                let mut options = base.clone();
+                spec.overrides.apply(&mut options)?;
+                (options, None)
+            }
+            (None, None) => fresh_options(task, demo, &spec.overrides, &bundle.config)?,
         };
         options.validate(task)?;
         if spec.reference.is_some() {
