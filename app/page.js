@@ -279,7 +279,8 @@ function showFacts(info) {
 /** The run's device memory, by what holds it. */
 function memoryText(m) {
   if (!m) return "–";
-  return `about ${bytes(m.total)}: weights ${bytes(m.weights)}, gradients ${bytes(m.gradients)}, ` +
+  const reference = m.reference ? `reference ${bytes(m.reference)}, ` : "";
+  return `about ${bytes(m.total)}: weights ${bytes(m.weights)}, ${reference}gradients ${bytes(m.gradients)}, ` +
     `optimizer ${bytes(m.optimizer)}, activations ${bytes(m.activations)} (largest buffer ${bytes(m.largestBuffer)})`;
 }
 

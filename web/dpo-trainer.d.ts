@@ -653,9 +653,15 @@ export interface Info {
   };
 }
 
-/** A run's device memory in bytes (weights, gradients, optimizer exact; activations estimated). */
+/**
+ * A run's device memory in bytes: weights, the reference's own copy, gradients and optimizer
+ * state exact; activations an upper estimate of one micro-batch's forward and backward pass.
+ * The GPU's memory pools reserve whole pages on top (measured: up to 1.3× the total).
+ */
 export interface MemoryEstimate {
   weights: number;
+  /** What the reference model holds apart from the policy (0 with LoRA). */
+  reference: number;
   gradients: number;
   optimizer: number;
   activations: number;

@@ -1,12 +1,17 @@
 //! How much device memory a training run needs, from the model's shapes and the run's settings,
 //! before anything is allocated: the browser refuses a run that cannot fit instead of crashing
-//! the tab. Weights, gradients and optimizer state are counted exactly (f32, as the run holds
-//! them); activations are an upper estimate of what backpropagation keeps for one micro-batch.
+//! the tab. Weights, the reference's own copy, gradients and optimizer state are counted exactly
+//! (f32, as the run holds them); activations are an upper estimate of what one micro-batch's
+//! forward and backward pass hold at once. Checked against what runs allocate in
+//! `tests/memory_peak.rs`: the total bounds the CPU backend's measured peak from above (by
+//! 1.09–1.29× on small GPT-2, Llama and Qwen2 runs); wgpu holds exactly the weights, reference
+//! and optimizer state between steps, and its pools, which reserve whole pages, reserved
+//! 0.93–1.28× the total there.
 
 use serde::Serialize;
 
 use super::optim::OptimizerKind;
-use super::options::TrainOptions;
+use super::options::{Task, TrainOptions};
 use crate::error::{Error, Result};
 use crate::model::config::{Architecture, ModelConfig};
 use crate::model::lora::LoraSettings;
@@ -19,6 +24,11 @@ const F32: u64 = 4;
 pub struct MemoryEstimate {
     /// Every parameter of the model.
     pub weights: u64,
+    /// What the reference model holds apart from the policy: nothing with LoRA (the frozen base
+    /// is the reference) or without a reference, the original of every trained weight otherwise
+    /// (the policy's are replaced at the first step), a whole model when it is explicit or
+    /// TR-DPO blends it.
+    pub reference: u64,
     /// One gradient per trained parameter.
     pub gradients: u64,
     /// AdamW's two moments, or SGD's velocity, per trained parameter.
@@ -122,24 +132,33 @@ fn projections(config: &ModelConfig, s: &Shapes) -> Vec<(&'static str, u64, u64)
     }
 }
 
-/// The estimate for training `config` with `options` (and `lora` adapters, or every weight).
-pub fn estimate(
-    config: &ModelConfig,
-    options: &TrainOptions,
-    lora: Option<&LoraSettings>,
-) -> MemoryEstimate {
+/// Numbers in a model of `config`, LoRA adapters aside.
+pub fn parameter_count(config: &ModelConfig) -> u64 {
     let s = shapes(config);
-    let blocks = projections(config, &s);
-    let block_matrices: u64 = blocks.iter().map(|(_, i, o)| i * o).sum();
-    let block_vectors = s.block_vectors;
+    let block_matrices: u64 = projections(config, &s).iter().map(|(_, i, o)| i * o).sum();
     let embeddings = s.vocab * s.hidden
         + match config.architecture {
             Architecture::Gpt2(_) => s.positions.unwrap_or(0) * s.hidden,
             _ => 0,
         };
     let head = if s.tied { 0 } else { s.vocab * s.hidden };
-    let parameters =
-        embeddings + head + s.layers * (block_matrices + block_vectors) + s.final_vectors;
+    embeddings + head + s.layers * (block_matrices + s.block_vectors) + s.final_vectors
+}
+
+/// The estimate for `task` on `config` with `options` (and `lora` adapters, or every weight),
+/// with an explicit reference model of `explicit_reference` parameters when the run has one.
+pub fn estimate(
+    task: Task,
+    config: &ModelConfig,
+    options: &TrainOptions,
+    lora: Option<&LoraSettings>,
+    explicit_reference: Option<u64>,
+) -> MemoryEstimate {
+    let s = shapes(config);
+    let blocks = projections(config, &s);
+    let block_matrices: u64 = blocks.iter().map(|(_, i, o)| i * o).sum();
+    let block_vectors = s.block_vectors;
+    let parameters = parameter_count(config);
     let adapters = |settings: &LoraSettings| -> u64 {
         let per_block: u64 = blocks
             .iter()
@@ -174,20 +193,35 @@ pub fn estimate(
         OptimizerKind::Sgd if options.optimizer_settings.sgd_momentum > 0.0 => 1,
         OptimizerKind::Sgd => 0,
     };
-    // One micro-batch: both answers of each pair, padded to at most max_length.
+    let has_reference = task == Task::Dpo && options.loss.reference_free().is_none();
+    let reference = match explicit_reference {
+        Some(reference) if has_reference => reference,
+        _ if !has_reference => 0,
+        _ if options.sync_ref_model => parameters,
+        // Reference log-probs computed up front: the reference is gone before the first step.
+        _ if options.precompute_ref_log_probs || lora.is_some() => 0,
+        _ => trained,
+    };
+    // One micro-batch: both answers of each pair (one sequence per SFT example), padded to at
+    // most max_length.
     let seq = options
         .max_length
         .map(|m| m as u64)
         .or(s.positions)
         .unwrap_or(1024)
         .min(s.positions.unwrap_or(u64::MAX));
-    let sequences = 2 * options.batch_size as u64;
+    let per_example = if task == Task::Sft { 1 } else { 2 };
+    let sequences = per_example * options.batch_size as u64;
     let tokens = sequences * seq;
-    // Per token and block: inputs of every projection and norm, the MLP's activations; per
-    // sequence and block: attention scores and probabilities (seq²·heads, twice).
-    let per_token_block = 6 * s.hidden + 2 * s.kv_width + 4 * s.intermediate;
-    let attention = 2 * s.heads * seq * seq;
-    let logits = tokens * s.vocab * 2; // scored positions' logits and log-softmax, kept for backward
+    // Per token and block: the norms' inputs and statistics, the projections' inputs and
+    // outputs, rotary embeddings, the MLP's gate, activation and product, and the gradients
+    // of one block during backward; per sequence and block: attention scores, probabilities
+    // and their gradient (seq²·heads, three times). The coefficients bound what the CPU
+    // backend measurably holds (tests/memory_peak.rs).
+    let per_token_block = 9 * s.hidden + 3 * s.kv_width + 6 * s.intermediate;
+    let attention = 3 * s.heads * seq * seq;
+    // Scored positions' logits, log-softmax and its gradient, kept for backward.
+    let logits = tokens * s.vocab * 3;
     let activations = F32
         * (s.layers * (tokens * per_token_block + sequences * attention)
             + tokens * s.hidden * 2
@@ -204,15 +238,17 @@ pub fn estimate(
         .max()
         .unwrap_or(0);
     let weights = F32 * parameters;
+    let reference = F32 * reference;
     let gradients = F32 * trained;
     let optimizer = F32 * trained * optimizer_copies;
     MemoryEstimate {
         weights,
+        reference,
         gradients,
         optimizer,
         activations,
         largest_buffer,
-        total: weights + gradients + optimizer + activations,
+        total: weights + reference + gradients + optimizer + activations,
         parameters,
         trained_parameters: trained,
     }
@@ -258,21 +294,76 @@ impl MemoryEstimate {
         if let Some(budget) = limits.budget
             && self.total > budget
         {
+            let parts = [
+                ("weights", self.weights),
+                ("reference", self.reference),
+                ("gradients", self.gradients),
+                ("optimizer", self.optimizer),
+                ("activations", self.activations),
+            ]
+            .into_iter()
+            .filter(|&(_, bytes)| bytes > 0)
+            .map(|(what, bytes)| format!("{what} {}", mib(bytes)))
+            .collect::<Vec<_>>()
+            .join(", ");
             return Err(Error::setting(
                 "memory_limits",
                 format!(
-                    "this run needs about {} (weights {}, gradients {}, optimizer {}, activations \
-                     {}) but {} are available: use LoRA (lora_rank), lower batch_size or \
-                     max_length, or choose a smaller model",
+                    "this run needs about {} ({parts}) but {} are available: use LoRA \
+                     (lora_rank), lower batch_size or max_length, or choose a smaller model",
                     mib(self.total),
-                    mib(self.weights),
-                    mib(self.gradients),
-                    mib(self.optimizer),
-                    mib(self.activations),
                     mib(budget)
                 ),
             ));
         }
         Ok(())
+    }
+}
+
+/// The most a WebAssembly (wasm32) heap can grow to: its 32-bit address space.
+pub const WASM32_HEAP: u64 = 4 << 30;
+
+/// Room kept free for everything else the host side holds while loading (tokenizer, rows, the
+/// allocator's own slack).
+const HOST_HEADROOM: u64 = 64 << 20;
+
+/// `needed` more bytes on the host side (`what`: model files copied in, a tensor decoded on its
+/// way to the device) against a heap of at most `limit` bytes with `used` taken: an error that
+/// says what would help, before the allocation that would abort the tab.
+pub fn check_host_room(what: &str, needed: u64, used: u64, limit: u64) -> Result<()> {
+    if needed.saturating_add(used).saturating_add(HOST_HEADROOM) <= limit {
+        return Ok(());
+    }
+    Err(Error::setting(
+        "model",
+        format!(
+            "{what} needs {} in WebAssembly's memory, which holds at most {} ({} taken): choose \
+             a smaller model, or a quantized GGUF file of it",
+            mib(needed),
+            mib(limit),
+            mib(used)
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_room_refuses_what_the_heap_cannot_take() {
+        assert!(check_host_room("the model's files", 1 << 30, 100 << 20, WASM32_HEAP).is_ok());
+        let refused = check_host_room("the model's files", 4 << 30, 100 << 20, WASM32_HEAP)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("4.00 GiB in WebAssembly's memory, which holds at most 4.00 GiB")
+                && refused.contains("100.0 MiB taken")
+                && refused.contains("quantized GGUF"),
+            "{refused}"
+        );
+        // The headroom counts: exactly the limit does not fit.
+        assert!(check_host_room("x", WASM32_HEAP - (1 << 20), 0, WASM32_HEAP).is_err());
+        assert!(check_host_room("x", u64::MAX, u64::MAX, WASM32_HEAP).is_err());
     }
 }

@@ -100,16 +100,23 @@ pub fn check_settings(
 /// What a fresh run of `task` on a model with `config` will hold on the device, worked out before
 /// its weights are loaded (the browser refuses a run that cannot fit). Options as `Run::new`
 /// resolves them for a fresh run: the task's defaults, `overrides`, `max_length` fitted to the
-/// model's positions (`fresh_options`).
+/// model's positions (`fresh_options`). `reference` is the config of an explicit reference model.
 pub fn planned_memory(
     task: Task,
     config: &ModelConfig,
     overrides: &OptionOverrides,
     lora: Option<&LoraRequest>,
+    reference: Option<&ModelConfig>,
 ) -> Result<MemoryEstimate> {
     let (options, _) = fresh_options(task, false, overrides, config)?;
     let lora = lora.map(|r| LoraSettings::new(r.rank, r.alpha, r.targets.clone(), config.family()));
-    Ok(memory::estimate(config, &options, lora.as_ref()))
+    Ok(memory::estimate(
+        task,
+        config,
+        &options,
+        lora.as_ref(),
+        reference.map(memory::parameter_count),
+    ))
 }
 
 /// The options of a fresh run (the one rule, for `Run::new` and `planned_memory`): the task's
@@ -553,7 +560,19 @@ impl Run {
             lora: lora.clone(),
             trainable_parameters: 0,
             parameters: 0,
-            memory: memory::estimate(&config, &options, lora.as_ref()),
+            memory: memory::estimate(
+                task,
+                &config,
+                &options,
+                lora.as_ref(),
+                spec.reference.as_ref().map(|reference| {
+                    reference
+                        .named_params()
+                        .iter()
+                        .map(|p| p.numel() as u64)
+                        .sum()
+                }),
+            ),
             resumed: None,
         };
         let synced_reference = match spec.resume.as_ref().and_then(|s| s.reference.as_ref()) {

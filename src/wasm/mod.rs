@@ -25,7 +25,7 @@ use crate::model::config::ModelConfig;
 use crate::model::lora::LoraSettings;
 use crate::text::stream::generate_text;
 use crate::train::checkpoint;
-use crate::train::memory::MemoryEstimate;
+use crate::train::memory::{self, MemoryEstimate};
 use crate::train::options::{OptionOverrides, Task, TrainOptions};
 use crate::train::run::{DataSummary, DropReason, Run, RunSpec, Summary, planned_memory};
 use options::{
@@ -137,6 +137,30 @@ fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
         .map_err(js_error)
 }
 
+/// Bytes of a `Uint8Array`, or of every `Uint8Array` value of an object (files by name); 0 else.
+fn js_byte_length(value: &JsValue) -> u64 {
+    if let Some(bytes) = value.dyn_ref::<Uint8Array>() {
+        return bytes.length() as u64;
+    }
+    match value.dyn_ref::<Object>() {
+        Some(object) => Object::values(object)
+            .iter()
+            .filter_map(|v| v.dyn_into::<Uint8Array>().ok())
+            .map(|bytes| bytes.length() as u64)
+            .sum(),
+        None => 0,
+    }
+}
+
+/// The wasm heap's current size (it only grows).
+fn heap_used() -> u64 {
+    wasm_bindgen::memory()
+        .unchecked_into::<js_sys::WebAssembly::Memory>()
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length() as u64
+}
+
 #[wasm_bindgen]
 impl Trainer {
     /// `Trainer.create(options, weights?, files?)` -> Promise<Trainer>. Initializes WebGPU,
@@ -146,7 +170,6 @@ impl Trainer {
     /// from (each `{ fileName: Uint8Array }`, `refWeights` also one `Uint8Array`).
     pub fn create(options: JsValue, weights: JsValue, files: JsValue) -> Promise {
         future_to_promise(async move {
-            let weights = WeightBytes::from_js(&weights, "model").map_err(core_error)?;
             let field = |name: &str| -> Result<JsValue, JsValue> {
                 if files.is_undefined() || files.is_null() {
                     Ok(JsValue::UNDEFINED)
@@ -154,6 +177,15 @@ impl Trainer {
                     Reflect::get(&files, &name.into())
                 }
             };
+            // The files are copied into the wasm heap whole: refuse what it cannot hold first.
+            memory::check_host_room(
+                "the model's files",
+                js_byte_length(&weights) + js_byte_length(&field("refWeights")?),
+                heap_used(),
+                memory::WASM32_HEAP,
+            )
+            .map_err(core_error)?;
+            let weights = WeightBytes::from_js(&weights, "model").map_err(core_error)?;
             let ref_weights =
                 WeightBytes::from_js(&field("refWeights")?, "ref_model").map_err(core_error)?;
             let resume = files_from_js(&field("resumeFrom")?, "resume_from").map_err(core_error)?;
@@ -169,15 +201,41 @@ impl Trainer {
                 None => Task::Dpo,
             };
             let selected = init_wgpu_async().await.map_err(js_error)?;
+            // Texts and configs first: what cannot fit is refused before anything is on the
+            // device.
+            let reference = match ref_weights {
+                Some(weights) => Some(weights.open(options.ref_model.take()).map_err(core_error)?),
+                None => None,
+            };
+            let reference_config = match &reference {
+                Some((texts, _)) => Some(
+                    ModelConfig::from_json(&texts.config_json, &texts.label).map_err(core_error)?,
+                ),
+                None => None,
+            };
             let model = match weights {
                 Some(weights) => {
                     let (texts, source) = weights.open(options.model.take()).map_err(core_error)?;
-                    // Refuse what cannot fit before anything is on the device.
                     let config = ModelConfig::from_json(&texts.config_json, &texts.label)
                         .map_err(core_error)?;
-                    planned_memory(task, &config, &options.settings, options.lora().as_ref())
-                        .and_then(|estimate| estimate.check(&options.memory_limits))
-                        .map_err(core_error)?;
+                    planned_memory(
+                        task,
+                        &config,
+                        &options.settings,
+                        options.lora().as_ref(),
+                        reference_config.as_ref(),
+                    )
+                    .and_then(|estimate| {
+                        estimate.check(&options.memory_limits)?;
+                        // Each tensor is decoded to f32 in the heap on its way to the GPU.
+                        memory::check_host_room(
+                            "decoding the largest tensor",
+                            estimate.largest_buffer,
+                            heap_used(),
+                            memory::WASM32_HEAP,
+                        )
+                    })
+                    .map_err(core_error)?;
                     Some(
                         ModelBundle::load(texts, source.as_ref(), &selected.device)
                             .map_err(core_error)?,
@@ -185,10 +243,9 @@ impl Trainer {
                 }
                 None => None,
             };
-            let reference = match ref_weights {
-                Some(weights) => Some(
-                    weights
-                        .load(options.ref_model.take(), &selected.device)
+            let reference = match reference {
+                Some((texts, source)) => Some(
+                    ModelBundle::load(texts, source.as_ref(), &selected.device)
                         .map_err(core_error)?
                         .model,
                 ),

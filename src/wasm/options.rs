@@ -5,7 +5,6 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::io::bundle::ModelBundle;
 use crate::io::gguf;
 use crate::io::model_dir::{CARRIED_FILES, ModelTexts, WEIGHTS_FILE};
 use crate::io::safetensors::{FileBytes, SafetensorsSource};
@@ -234,16 +233,6 @@ impl WeightBytes {
                 .collect(),
         )?;
         Ok((files.into_texts(), Box::new(source)))
-    }
-
-    /// The model on `device`.
-    pub fn load(
-        self,
-        files: Option<ModelFilesText>,
-        device: &burn::tensor::Device,
-    ) -> Result<ModelBundle> {
-        let (texts, source) = self.open(files)?;
-        ModelBundle::load(texts, source.as_ref(), device)
     }
 }
 

@@ -11,6 +11,7 @@ import DefaultTrainer, {
   resolveModelUrl,
   type CreateOptions,
   type DataSummary,
+  type MemoryEstimate,
   type DownloadProgress,
   type EvalMetrics,
   type GenerateOptions,
@@ -290,6 +291,9 @@ function describeInfo(info: Info, element: HTMLElement): void {
   const held: DataSummary | null = info.summary.eval;
   element.append(`${train.source}: ${train.kept} kept, ${train.dropped} dropped (${info.summary.dropReason})`);
   element.append(`${held?.kept ?? 0} ${info.summary.trainableParameters}/${info.summary.parameters}`);
+  const m: MemoryEstimate = info.summary.memory;
+  const parts: number[] = [m.weights, m.reference, m.gradients, m.optimizer, m.activations];
+  element.append(`${parts.join("+")}=${m.total} (${m.largestBuffer}; ${m.parameters}/${m.trainedParameters})`);
 }
 
 // Wrong types are rejected.

@@ -39,13 +39,34 @@ export const withTimeout = (promise, ms, what) =>
  * body] } answered first; `mounts`: { "/prefix/": otherDir }; `onServe(pathname)` sees every file
  * served. A folder answers with its index.html.
  */
-export function startServer(dir, { generated = {}, mounts = {}, onServe, verbose = false } = {}) {
+export function startServer(dir, { generated = {}, mounts = {}, trickle = {}, onServe, verbose = false } = {}) {
   const server = http.createServer((req, res) => {
     let pathname;
     try {
       pathname = decodeURIComponent(new URL(req.url, "http://x").pathname);
     } catch {
       res.writeHead(400).end();
+      return;
+    }
+    const slow = trickle[pathname];
+    if (slow && req.method !== "HEAD") {
+      // A download that never finishes on its own: 16 KiB every 50 ms of a `slow.size`-byte body.
+      // `slow.closed(sent)` is called when the client hangs up before the end.
+      res.writeHead(200, { "content-type": "application/octet-stream", "content-length": slow.size, "cache-control": "no-store" });
+      let sent = 0;
+      const timer = setInterval(() => {
+        const n = Math.min(16384, slow.size - sent);
+        res.write(Buffer.alloc(n));
+        sent += n;
+        if (sent >= slow.size) {
+          clearInterval(timer);
+          res.end();
+        }
+      }, 50);
+      res.on("close", () => {
+        clearInterval(timer);
+        if (sent < slow.size) slow.closed?.(sent);
+      });
       return;
     }
     const made = generated[pathname];

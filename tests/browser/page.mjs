@@ -14,7 +14,8 @@
 //                        folder missing its config (an error shown in the model card), a data file
 //                        with a bad line (an error naming the file and line, in the data card), and
 //                        a URL that is not a model folder (the missing file named, in the model card),
-//                        and a run over the memory budget refused before loading
+//                        a run over the memory budget refused before loading, and a URL
+//                        download cancelled (progress shown; the server sees it closed)
 // Each writes screenshots into SCREENSHOTS (default: screenshots/ at the repo root).
 
 import fs from "node:fs";
@@ -245,7 +246,7 @@ export async function testPageTeach(ctx, browser, base) {
   }
 }
 
-export async function testPageDisk(ctx, browser, base, { fixtures, sharded }) {
+export async function testPageDisk(ctx, browser, base, { fixtures, sharded, slowDownload }) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "dpo-page-disk-"));
   try {
@@ -319,9 +320,41 @@ export async function testPageDisk(ctx, browser, base, { fixtures, sharded }) {
     const urlMessage = await urlError.jsonValue();
     assert(/config\.json not found at .*no-such-model\/config\.json \(404\)/.test(urlMessage), `bad URL named: ${urlMessage}`);
     await shot(ctx, page, "8-disk-errors");
+
+    // A download in progress shows bytes and speed; Cancel stops it (the server sees the
+    // connection closed long before the end) and the page can load again.
+    await page.fill("#model-url", "/__test__/slow/");
+    await page.click("#load");
+    await page.waitForFunction(() => {
+      const text = document.getElementById("load-text").textContent;
+      return !document.getElementById("load-progress").classList.contains("hidden") &&
+        /model\.safetensors: [\d.]+ [KM]iB of 256\.0 MiB, [\d.]+ [KM]iB\/s/.test(text) &&
+        document.getElementById("load-bar").value > 0;
+    }, null, { timeout: ctx.timeoutMs });
+    const progressText = await page.textContent("#load-text");
+    await shot(ctx, page, "8b-download-progress");
+    const hungUpBefore = slowDownload.hungUp.length;
+    await page.click("#cancel-load");
+    await page.waitForFunction(() => document.getElementById("load-status").textContent === "Cancelled.",
+      null, { timeout: 30_000 });
+    const deadline = Date.now() + 10_000;
+    while (slowDownload.hungUp.length === hungUpBefore && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert(slowDownload.hungUp.length > hungUpBefore, "the server saw the download closed after Cancel");
+    const sent = slowDownload.hungUp.at(-1);
+    assert(sent < 64 << 20, `the download stopped early (${sent} bytes sent of 256 MiB)`);
+    const after = await page.evaluate(() => ({
+      progressHidden: document.getElementById("load-progress").classList.contains("hidden"),
+      cancelDisabled: document.getElementById("cancel-load").disabled,
+      loadEnabled: !document.getElementById("load").disabled,
+    }));
+    assert(after.progressHidden && after.cancelDisabled && after.loadEnabled,
+      `after Cancel: progress hidden, Cancel disabled, Load enabled (${JSON.stringify(after)})`);
     return {
       detail: `${results.join("; ")}; errors: model card "${modelMessage}", data card "${dataMessage}", ` +
-        `bad URL "${urlMessage}", too big "${fitMessage}"`,
+        `bad URL "${urlMessage}", too big "${fitMessage}"; cancelled at "${progressText}" ` +
+        `(the server had sent ${(sent / 1048576).toFixed(1)} MiB)`,
     };
   } finally {
     await context.close().catch(() => {});

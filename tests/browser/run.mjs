@@ -150,12 +150,22 @@ const GENERATED = {
     metadata: { total_size: 8 },
     weight_map: { "a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors" },
   })],
+  // a model whose weights download slowly (served by TRICKLE), for cancelling a download
+  ...Object.fromEntries(["config.json", "tokenizer.json", "tokenizer_config.json"].map((f) => [
+    `/__test__/slow/${f}`, ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy", f))],
+  ])),
   // a hostile index naming a shard outside the folder
   "/__test__/hostile-shard/config.json": ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy/config.json"))],
   "/__test__/hostile-shard/tokenizer.json": ["application/json", () => fs.readFileSync(path.join(FIXTURES, "llama/policy/tokenizer.json"))],
   "/__test__/hostile-shard/model.safetensors.index.json": ["application/json", JSON.stringify({
     weight_map: { "a.weight": "../sharded/model-00001-of-00002.safetensors" },
   })],
+};
+
+// 256 MiB at 320 KiB/s: no test waits for it; `hungUp` records a client closing it early.
+const SLOW_DOWNLOAD = { hungUp: [] };
+const TRICKLE = {
+  "/__test__/slow/model.safetensors": { size: 256 << 20, closed: (sent) => SLOW_DOWNLOAD.hungUp.push(sent) },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -661,7 +671,7 @@ async function main() {
     console.log(`0 passed, ${TEST_COUNT} failed`);
     process.exit(1);
   }
-  const server = await startServer(DIST, { generated: GENERATED, mounts: { "/fixtures/": FIXTURES }, verbose: VERBOSE });
+  const server = await startServer(DIST, { generated: GENERATED, trickle: TRICKLE, mounts: { "/fixtures/": FIXTURES }, verbose: VERBOSE });
   const base = `http://127.0.0.1:${server.address().port}`;
   log(`serving ${DIST} at ${base}; Chromium: ${CHROMIUM}`);
 
@@ -715,8 +725,8 @@ async function main() {
       needBrowser(() => testPageTrainResume(ctx, browser, base)));
     await run("teach it yourself: sample, pick, train on the choices, compare (phone-sized)",
       needBrowser(() => testPageTeach(ctx, browser, base)));
-    await run("model from disk: GGUF and a sharded folder through the file input; errors in their cards",
-      needBrowser(() => testPageDisk(ctx, browser, base, { fixtures: FIXTURES, sharded: SHARDED })));
+    await run("model from disk: GGUF and a sharded folder through the file input; errors in their cards; a download cancelled",
+      needBrowser(() => testPageDisk(ctx, browser, base, { fixtures: FIXTURES, sharded: SHARDED, slowDownload: SLOW_DOWNLOAD })));
     await run("npm package: tarball installed, its example page trains; tsc on the .d.ts",
       needBrowser(() => testPackage(browser)));
     await closeBrowser(browser);
