@@ -76,7 +76,34 @@ pub async fn init_wgpu_async() -> Result<SelectedDevice> {
     })
 }
 
-/// Native selection. `Auto` falls back to the CPU, saying why in `fallback_reason`.
+/// Whether wgpu's adapter is a software renderer (llvmpipe, lavapipe, SwiftShader, WARP): on
+/// those the CPU backend is many times faster.
+pub fn is_software(info: &burn::tensor::wgpu::wgpu::AdapterInfo) -> bool {
+    info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu
+}
+
+/// This process's wgpu device and whether it is a software renderer. A wgpu runtime is
+/// initialized once per process, so every later request gets the same device (or error).
+#[cfg(not(target_arch = "wasm32"))]
+fn native_wgpu() -> std::result::Result<(SelectedDevice, bool), String> {
+    static WGPU: std::sync::OnceLock<std::result::Result<(SelectedDevice, bool), String>> =
+        std::sync::OnceLock::new();
+    WGPU.get_or_init(|| {
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup()
+            .map_err(|e| format!("no usable wgpu adapter: {e}"))?;
+        let selected = SelectedDevice {
+            description: describe(&setup),
+            device,
+            fallback_reason: None,
+        };
+        Ok((selected, is_software(&setup.adapter.get_info())))
+    })
+    .clone()
+}
+
+/// Native selection. `Auto` takes a hardware wgpu adapter and otherwise the CPU backend, saying
+/// why in `fallback_reason`: no adapter, or only a software renderer (which `Wgpu` still takes).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn select(choice: BackendChoice) -> Result<SelectedDevice> {
     let cpu = || SelectedDevice {
@@ -89,22 +116,23 @@ pub fn select(choice: BackendChoice) -> Result<SelectedDevice> {
     };
     match choice {
         BackendChoice::Cpu => Ok(cpu()),
-        BackendChoice::Wgpu => {
-            let (device, setup) = Device::wgpu_options()
-                .init_with_setup()
-                .map_err(|e| Error::Device(format!("no usable wgpu adapter: {e}")))?;
-            Ok(SelectedDevice {
-                description: describe(&setup),
-                device,
-                fallback_reason: None,
-            })
-        }
-        BackendChoice::Auto => match select(BackendChoice::Wgpu) {
-            Ok(selected) => Ok(selected),
-            Err(e) => Ok(SelectedDevice {
-                fallback_reason: Some(e.to_string()),
+        BackendChoice::Wgpu => native_wgpu()
+            .map(|(selected, _)| selected)
+            .map_err(Error::Device),
+        BackendChoice::Auto => Ok(match native_wgpu() {
+            Ok((selected, false)) => selected,
+            Ok((software, true)) => SelectedDevice {
+                fallback_reason: Some(format!(
+                    "the only wgpu adapter is a software renderer ({}), slower than the CPU \
+                     backend (backend `wgpu` uses it anyway)",
+                    software.description
+                )),
                 ..cpu()
-            }),
-        },
+            },
+            Err(reason) => SelectedDevice {
+                fallback_reason: Some(reason),
+                ..cpu()
+            },
+        }),
     }
 }

@@ -217,3 +217,55 @@ fn demo_reaches_high_held_out_accuracy() {
         .unwrap();
     assert!(after > 0.9, "{line}");
 }
+
+/// `--backend auto` takes a hardware adapter, never a software renderer (llvmpipe, lavapipe,
+/// SwiftShader): with only one of those (this project's CI) it runs on the CPU backend and
+/// says why; `--backend wgpu` still takes the software adapter.
+#[test]
+fn auto_backend_passes_over_a_software_adapter() {
+    let Some((_, wgpu)) = common::selected_devices()
+        .into_iter()
+        .find(|(name, _)| *name == "wgpu")
+    else {
+        return;
+    };
+    let software = ["llvmpipe", "lavapipe", "SwiftShader"]
+        .iter()
+        .any(|name| wgpu.description.contains(name));
+    let run = |backend: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let result = dpo(&[
+            "train",
+            "--max-steps",
+            "1",
+            "--backend",
+            backend,
+            "--output",
+            path(out.path()),
+        ]);
+        assert!(result.status.success(), "{}", text(&result.stderr));
+        text(&result.stderr)
+    };
+    let auto = run("auto");
+    if software {
+        assert!(
+            auto.contains("device: cpu (flex")
+                && auto.contains(&format!(
+                    "the only wgpu adapter is a software renderer ({})",
+                    wgpu.description
+                ))
+                && auto.contains("falling back to the CPU backend"),
+            "{auto}"
+        );
+        let forced = run("wgpu");
+        assert!(
+            forced.contains(&format!("device: {}", wgpu.description)),
+            "{forced}"
+        );
+    } else {
+        assert!(
+            auto.contains(&format!("device: {}", wgpu.description)),
+            "{auto}"
+        );
+    }
+}
