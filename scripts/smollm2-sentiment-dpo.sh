@@ -27,46 +27,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dpo-wgpu/target}"
 [ -f "$MODEL" ] || scripts/fetch-smollm2.sh
 
 if [ ! -f "$DATA/train.jsonl" ]; then
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
   echo "fetching vaderSentiment==3.3.2 (sdist) from PyPI"
-  python3 -m pip download --quiet --no-deps --no-binary :all: vaderSentiment==3.3.2 -d "$work"
-  tar -xzf "$work"/vaderSentiment-3.3.2.tar.gz -C "$work"
-  tar -xzf "$work"/vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz -C "$work"
-  mkdir -p "$DATA"
-  python3 - "$work/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt" "$DATA" "$TRAIN_PAIRS" "$EVAL_PAIRS" <<'EOF'
-import json, random, sys
-source, out, n_train, n_eval = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-positive, negative = [], []
-with open(source, encoding="utf-8", errors="replace") as f:
-    for line in f:
-        parts = line.rstrip("\n").split("\t")
-        if len(parts) != 3:
-            continue
-        rating, text = float(parts[1]), " ".join(parts[2].replace("''", '"').split())
-        if not 6 <= len(text.split()) <= 30:
-            continue
-        if rating >= 2.0:
-            positive.append(text)
-        elif rating <= -2.0:
-            negative.append(text)
-rng = random.Random(0)
-rng.shuffle(positive)
-rng.shuffle(negative)
-prompt = [{"role": "user", "content": "Write a one-sentence movie review."}]
-def pairs(pos, neg):
-    return [{"prompt": prompt,
-             "chosen": [{"role": "assistant", "content": p}],
-             "rejected": [{"role": "assistant", "content": n}]} for p, n in zip(pos, neg)]
-n_total = n_train + n_eval
-if min(len(positive), len(negative)) < n_total:
-    sys.exit(f"only {len(positive)} positive / {len(negative)} negative snippets for {n_total} pairs")
-for name, lo, hi in (("train", 0, n_train), ("eval", n_train, n_total)):
-    with open(f"{out}/{name}.jsonl", "w", encoding="utf-8") as f:
-        for row in pairs(positive[lo:hi], negative[lo:hi]):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-print(f"{len(positive)} positive, {len(negative)} negative snippets -> {n_train} train / {n_eval} eval pairs in {out}")
-EOF
+  python3 scripts/sentiment_pairs.py "$DATA" --train "$TRAIN_PAIRS" --eval "$EVAL_PAIRS"
 fi
 
 cargo build --release --quiet

@@ -398,3 +398,42 @@ fn a_new_round_starts_from_the_current_model_as_its_reference() {
     };
     assert!(margin > 0.0, "the round's margin on its pairs is {margin}");
 }
+
+/// Pairs with nothing to score (an empty prompt: a completion's lone first token has no position
+/// predicting it, so TRL scores none of it) train as in TRL: loss ln 2, zero gradients, no panic
+/// (a backward pass once found no graph here). Full fine-tuning and LoRA.
+#[test]
+fn a_batch_with_nothing_to_score_takes_a_step() {
+    let selected = select(BackendChoice::Cpu).unwrap();
+    let rows = dpo_wgpu::text::rows::Jsonl::from_bytes(
+        "empty.jsonl",
+        b"{\"prompt\": \"\", \"chosen\": \"\", \"rejected\": \"\"}\n".repeat(2),
+    )
+    .unwrap();
+    for lora in [false, true] {
+        let spec = RunSpec {
+            rows: Some(rows.clone()),
+            lora: if lora {
+                lora_fixture_spec(1, 2).lora
+            } else {
+                None
+            },
+            ..lora_fixture_spec(1, 2)
+        };
+        let mut run = Run::new(spec, &selected).unwrap();
+        let report = pollster::block_on(run.trainer.step()).unwrap();
+        assert!(
+            (report.metrics.loss() - std::f64::consts::LN_2).abs() < 1e-6,
+            "LoRA {lora}: loss {}",
+            report.metrics.loss()
+        );
+        assert_eq!(report.grad_norm, 0.0, "LoRA {lora}");
+        // Nothing was scored: a sum of no log-probs (a scored EOS would be negative).
+        let dpo = report.metrics.dpo().expect("DPO metrics");
+        assert_eq!(
+            (dpo.logps_chosen, dpo.logps_rejected),
+            (0.0, 0.0),
+            "LoRA {lora}"
+        );
+    }
+}

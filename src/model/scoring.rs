@@ -100,10 +100,14 @@ pub fn score_completions_with(
     });
     let n = batch.scored.len();
     if n == 0 {
+        // Nothing to score (every completion is a lone first token, or empty): sums of zero
+        // terms, as in TRL, but still functions of the weights so that a backward pass works
+        // (with zero gradients) instead of finding no graph.
+        let tracked = hidden.sum_dim(2).sum_dim(1).reshape([rows]).mul_scalar(0.0);
         let zeros = Tensor::<1>::zeros([rows], device);
         return RowScores {
-            logps: zeros.clone(),
-            plain_logps: zeros.clone(),
+            logps: tracked.clone(),
+            plain_logps: tracked,
             aligned_logp_sums: options.aligned.then(|| zeros.clone()),
             mean_logit_sums: zeros.clone(),
             top1_hits: zeros.clone(),
