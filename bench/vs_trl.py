@@ -205,7 +205,7 @@ def ours(bin_path: Path, workload: str, model: Path, data: Path, steps: int, bac
         raise RuntimeError(f"dpo-wgpu failed ({code}): {tail}")
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
     steps_seen = [r for r in records if "seconds" in r and "loss" in r]
-    return {"seconds": [r["seconds"] for r in steps_seen], "tokens": [r["tokens"] for r in steps_seen],
+    return {"seconds": [r["seconds"] for r in steps_seen], "tokens": [r.get("tokens", 0) for r in steps_seen],
             "peak_rss_mib": rss, "loss": [r["loss"] for r in steps_seen]}
 
 
