@@ -20,6 +20,8 @@ median step), peak RSS, the ratio to TRL, and the ratio to the FLOP floor: 6·N�
 sgemm rate torch reaches on this machine (N the parameters a token passes through, T the
 step's tokens). Writes the table's numbers as JSON.
 
+How cost grows: --max-length 512 --join 8 (answers of 8 snippets, ~250 tokens) or 1024 --join 16,
+and the workloads W2r, W3r, W4r (random Llamas of ~135M, ~360M and ~1.1B parameters).
 On a GPU machine: --backend wgpu --trl-device cuda (scripts/bench-gpu.sh).
 This file is also the TRL side: `vs_trl.py trl ...` (run by the orchestrator).
 """
@@ -35,7 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MAX_LENGTH = 128
+MAX_LENGTH = 128  # --max-length
 BETA = 0.1
 LR = 1e-5
 WORKLOADS = {
@@ -53,6 +55,10 @@ WORKLOADS = {
             "what": "SmolLM2-360M-shaped Llama (random), LoRA r8 α16 on q,v",
             "llama": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
                           num_attention_heads=15, num_key_value_heads=5)},
+    "W4r": {"pairs_per_step": 2, "lora": True,
+            "what": "TinyLlama-1.1B-shaped Llama (random), LoRA r8 α16 on q,v",
+            "llama": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                          num_attention_heads=32, num_key_value_heads=4)},
 }
 SMOLLM2 = ROOT / "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -274,7 +280,8 @@ def theirs(python: str, workload: str, model: Path, data: Path, steps: int, devi
     out = work / f"trl-{workload}.json"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     cmd = [python, str(Path(__file__).resolve()), "trl", "--workload", workload, "--model", str(model),
-           "--data", str(data), "--steps", str(steps), "--device", device, "--json", str(out)]
+           "--data", str(data), "--steps", str(steps), "--device", device, "--json", str(out),
+           "--max-length", str(MAX_LENGTH)]
     code, rss, tail = run_measured(cmd, env=env)
     if code != 0:
         raise RuntimeError(f"TRL failed ({code}): {tail}")
@@ -300,13 +307,16 @@ def summarize(run: dict, tokens: list[int]) -> dict:
 
 
 def main() -> None:
+    global MAX_LENGTH
     if len(sys.argv) > 1 and sys.argv[1] == "trl":
         ap = argparse.ArgumentParser()
         ap.add_argument("trl")
         for name in ("--workload", "--model", "--data", "--device", "--json"):
             ap.add_argument(name, required=True)
         ap.add_argument("--steps", type=int, required=True)
+        ap.add_argument("--max-length", type=int, required=True)
         a = ap.parse_args()
+        MAX_LENGTH = a.max_length
         trl_side(a.workload, a.model, a.data, a.steps, a.device, a.json)
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -320,21 +330,29 @@ def main() -> None:
                                       / "release/dpo-wgpu"))
     ap.add_argument("--work", default=str(ROOT / "target/bench/vs_trl"))
     ap.add_argument("--out", default=str(ROOT / "target/bench/vs_trl.json"))
+    ap.add_argument("--max-length", type=int, default=MAX_LENGTH)
+    ap.add_argument("--join", type=int, default=1,
+                    help="answers of N snippets each (longer sequences, for --max-length 512/1024)")
     a = ap.parse_args()
+    MAX_LENGTH = a.max_length
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     workloads = a.workloads.split(",")
     # One epoch of exactly `steps` steps for every workload.
     most = max(WORKLOADS[w]["pairs_per_step"] for w in workloads) * a.steps
-    all_pairs = make_pairs(work, most)
+    all_pairs = make_pairs(work, most * a.join)
     rate = sgemm_gflops(a.trl_device)
     log(f"torch sgemm on {a.trl_device}: {rate:.0f} GFLOP/s")
     results = []
     for workload in workloads:
         spec = WORKLOADS[workload]
         data = work / f"pairs-{workload}.jsonl"
-        lines = open(all_pairs).read().splitlines()[: spec["pairs_per_step"] * a.steps]
-        data.write_text("\n".join(lines) + "\n")
+        rows = [json.loads(line) for line in open(all_pairs)]
+        rows = [{"prompt": rows[i]["prompt"],
+                 "chosen": " ".join(r["chosen"] for r in rows[i:i + a.join]),
+                 "rejected": " ".join(r["rejected"] for r in rows[i:i + a.join])}
+                for i in range(0, spec["pairs_per_step"] * a.steps * a.join, a.join)]
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         model = make_model(work, workload)
         runs = {"trl": [], "ours": []}
         for r in range(a.rounds):
@@ -357,7 +375,7 @@ def main() -> None:
         results.append(row)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
               "backend": a.backend, "trl_device": a.trl_device, "sgemm_gflops": rate,
-              "max_length": MAX_LENGTH, "results": results}
+              "max_length": MAX_LENGTH, "join": a.join, "results": results}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
     print(f"| workload | TRL step | ours step | ratio | TRL tok/s | ours tok/s | TRL peak RSS | ours | "
