@@ -223,10 +223,7 @@ fn demo_reaches_high_held_out_accuracy() {
 /// says why; `--backend wgpu` still takes the software adapter.
 #[test]
 fn auto_backend_passes_over_a_software_adapter() {
-    let Some((_, wgpu)) = common::selected_devices()
-        .into_iter()
-        .find(|(name, _)| *name == "wgpu")
-    else {
+    let Some(wgpu) = common::wgpu_selected() else {
         return;
     };
     let software = ["llvmpipe", "lavapipe", "SwiftShader"]

@@ -304,10 +304,7 @@ fn estimate_bounds_the_cpu_backends_peak() {
 }
 
 fn estimate_bounds_what_wgpu_reserves() {
-    let Some((_, selected)) = common::selected_devices()
-        .into_iter()
-        .find(|(name, _)| *name == "wgpu")
-    else {
+    let Some(selected) = common::wgpu_selected() else {
         return;
     };
     report(

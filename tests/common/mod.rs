@@ -23,7 +23,8 @@ pub fn wgpu() -> Option<Device> {
     wgpu_selected().map(|s| s.device)
 }
 
-fn wgpu_selected() -> Option<SelectedDevice> {
+/// `wgpu()` with its description.
+pub fn wgpu_selected() -> Option<SelectedDevice> {
     static DEVICE: OnceLock<Option<SelectedDevice>> = OnceLock::new();
     DEVICE
         .get_or_init(|| match select(BackendChoice::Wgpu) {
