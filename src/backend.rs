@@ -78,6 +78,7 @@ pub async fn init_wgpu_async() -> Result<SelectedDevice> {
 
 /// Whether wgpu's adapter is a software renderer (llvmpipe, lavapipe, SwiftShader, WARP): on
 /// those the CPU backend is many times faster.
+#[cfg(not(target_arch = "wasm32"))]
 fn is_software(info: &burn::tensor::wgpu::wgpu::AdapterInfo) -> bool {
     info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu
 }
