@@ -11,6 +11,7 @@ use super::attention::{dropout, gelu_tanh, merge_heads, scaled_dot_product, spli
 use super::cache::KvCache;
 use super::config::Gpt2Config;
 use super::lora::Projection;
+use super::packing::Layout;
 use super::weights::WeightSource;
 use super::{NamedParam, ParamRole};
 use crate::error::Result;
@@ -99,13 +100,10 @@ impl Gpt2 {
         input_ids: Tensor<2, Int>,
         mask: Option<&Tensor<4, Bool>>,
         cache: &mut KvCache,
+        layout: Layout,
     ) -> Tensor<3> {
-        let [batch, seq] = input_ids.dims();
-        let device = input_ids.device();
-        let start = cache.len() as i64;
-        let positions = Tensor::<1, Int>::arange(start..start + seq as i64, &device)
-            .unsqueeze::<2>()
-            .expand([batch, seq]);
+        let seq = layout.grid_seq(input_ids.dims()[1]);
+        let positions = layout.positions(&input_ids, cache.len());
         let p = |prob: f64| if self.dropout { prob } else { 0.0 };
         let (attn_p, resid_p) = (p(self.config.attn_pdrop), p(self.config.resid_pdrop));
         let mut x = dropout(
@@ -123,14 +121,15 @@ impl Gpt2 {
             if self.config.scale_attn_by_inverse_layer_idx {
                 scale /= (layer + 1) as f64;
             }
-            let qkv = block.c_attn.forward(block.ln_1.forward(x.clone()));
+            let qkv = layout.to_grid(block.c_attn.forward(block.ln_1.forward(x.clone())));
             let [q, k, v]: [Tensor<3>; 3] = qkv
                 .chunk(3, 2)
                 .try_into()
                 .expect("c_attn output splits in three");
             let (k, v) = cache.extend(layer, split_heads(k, heads), split_heads(v, heads));
             let attn = scaled_dot_product(split_heads(q, heads), k, v, mask, scale, attn_p);
-            x = x + dropout(block.attn_proj.forward(merge_heads(attn)), resid_p);
+            let attn = layout.from_grid(merge_heads(attn));
+            x = x + dropout(block.attn_proj.forward(attn), resid_p);
             let mlp = block
                 .mlp_proj
                 .forward(gelu_tanh(block.c_fc.forward(block.ln_2.forward(x.clone()))));
@@ -142,6 +141,14 @@ impl Gpt2 {
 
     pub fn layers(&self) -> usize {
         self.config.n_layer
+    }
+
+    /// Whether dropout is on and some probability is not zero.
+    pub fn dropout_active(&self) -> bool {
+        self.dropout
+            && (self.config.attn_pdrop > 0.0
+                || self.config.resid_pdrop > 0.0
+                || self.config.embd_pdrop > 0.0)
     }
 
     /// Turn the config's dropout on or off for training.

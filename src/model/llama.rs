@@ -14,6 +14,7 @@ use super::attention::{merge_heads, scaled_dot_product, split_heads};
 use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::lora::Projection;
+use super::packing::Layout;
 use super::weights::WeightSource;
 use super::{NamedParam, ParamRole};
 use crate::error::Result;
@@ -135,8 +136,9 @@ impl Llama {
         input_ids: Tensor<2, Int>,
         mask: Option<&Tensor<4, Bool>>,
         cache: &mut KvCache,
+        layout: Layout,
     ) -> Tensor<3> {
-        let [_, seq] = input_ids.dims();
+        let seq = layout.grid_seq(input_ids.dims()[1]);
         let device = input_ids.device();
         let heads = self.config.num_attention_heads;
         let kv_heads = self.config.num_kv_heads();
@@ -157,9 +159,9 @@ impl Llama {
         }
         for (index, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
-            let q = split_heads(layer.q_proj.forward(h.clone()), heads);
-            let k = split_heads(layer.k_proj.forward(h.clone()), kv_heads);
-            let v = split_heads(layer.v_proj.forward(h), kv_heads);
+            let q = split_heads(layout.to_grid(layer.q_proj.forward(h.clone())), heads);
+            let k = split_heads(layout.to_grid(layer.k_proj.forward(h.clone())), kv_heads);
+            let v = split_heads(layout.to_grid(layer.v_proj.forward(h)), kv_heads);
             let q = apply_rotary(q, &cos, &sin);
             let k = apply_rotary(k, &cos, &sin);
             let (k, v) = cache.extend(index, k, v);
@@ -171,7 +173,7 @@ impl Llama {
                 0.0
             };
             let attn = scaled_dot_product(q, k, v, mask, scale, attn_p);
-            x = x + layer.o_proj.forward(merge_heads(attn));
+            x = x + layer.o_proj.forward(layout.from_grid(merge_heads(attn)));
             let h = layer.post_attention_layernorm.forward(x.clone());
             let gated = silu(layer.gate_proj.forward(h.clone())) * layer.up_proj.forward(h);
             x = x + layer.down_proj.forward(gated);
@@ -182,6 +184,11 @@ impl Llama {
 
     pub fn layers(&self) -> usize {
         self.config.num_hidden_layers
+    }
+
+    /// Whether dropout is on and some probability is not zero.
+    pub fn dropout_active(&self) -> bool {
+        self.dropout && (self.config.attention_dropout > 0.0)
     }
 
     /// Turn the config's dropout on or off for training.

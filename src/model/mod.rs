@@ -9,6 +9,7 @@ pub mod generate;
 pub mod gpt2;
 pub mod llama;
 pub mod lora;
+pub mod packing;
 pub mod qwen2;
 pub mod scoring;
 pub mod weights;
@@ -21,6 +22,7 @@ use attention::{PaddingMask, attention_mask, token_tensor};
 use cache::KvCache;
 use config::{Architecture, ModelConfig};
 use lora::Projection;
+use packing::{Layout, Packing};
 use weights::{HostTensor, WeightSource};
 
 /// A causal language model of any supported family (Qwen2 is the Llama type with q/k/v biases).
@@ -149,6 +151,35 @@ impl CausalLm {
         self.forward(input_ids, Some(padding), &mut cache)
     }
 
+    /// Final hidden states `[unique, d_model]` of a packed batch's unique tokens (see
+    /// [`packing`]); `padding` is the grid's.
+    pub fn packed_hidden_states(&self, packing: &Packing, padding: &PaddingMask) -> Tensor<2> {
+        let mask = attention_mask(
+            packing.rows,
+            packing.seq_len,
+            0,
+            Some(padding),
+            &packing.tokens.device(),
+        );
+        let mut cache = self.new_cache();
+        let input = packing.tokens.clone();
+        let layout = Layout::Packed(packing);
+        let hidden = match self {
+            CausalLm::Gpt2(m) => m.forward(input, mask.as_ref(), &mut cache, layout),
+            CausalLm::Llama(m) => m.forward(input, mask.as_ref(), &mut cache, layout),
+        };
+        let [_, n, d] = hidden.dims();
+        hidden.reshape([n, d])
+    }
+
+    /// Whether training applies dropout (then rows must not share a prefix's hidden states).
+    pub fn dropout_active(&self) -> bool {
+        match self {
+            CausalLm::Gpt2(m) => m.dropout_active(),
+            CausalLm::Llama(m) => m.dropout_active(),
+        }
+    }
+
     /// Hidden states of `input_ids` placed after the `cache.len()` positions already cached,
     /// extending the cache. `padding` (if any) covers cached and new positions.
     pub fn forward(
@@ -160,8 +191,8 @@ impl CausalLm {
         let [batch, new] = input_ids.dims();
         let mask = attention_mask(batch, new, cache.len(), padding, &input_ids.device());
         match self {
-            CausalLm::Gpt2(m) => m.forward(input_ids, mask.as_ref(), cache),
-            CausalLm::Llama(m) => m.forward(input_ids, mask.as_ref(), cache),
+            CausalLm::Gpt2(m) => m.forward(input_ids, mask.as_ref(), cache, Layout::Grid),
+            CausalLm::Llama(m) => m.forward(input_ids, mask.as_ref(), cache, Layout::Grid),
         }
     }
 

@@ -6,6 +6,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::CausalLm;
 use super::attention::{PaddingMask, token_tensor};
+use super::packing::{Packing, PackingPlan};
 
 /// Rows of tokens, right-padded, with the positions whose *next* token is scored.
 #[derive(Debug, Clone)]
@@ -33,6 +34,10 @@ pub struct ScoreOptions {
     /// Also Σ over the first `n` positions of each row (padding included) of the mean logit over
     /// the vocabulary, detached: TRL's CPO/ORPO `logits/*` average the whole logits tensor.
     pub position_logit_sums: Option<usize>,
+    /// Only the log-prob sums (`logps`, `plain_logps`, `aligned_logp_sums`): the statistics
+    /// (mean logit, top-1 hits, entropy) come back as zeros. What a reference needs; it saves
+    /// passes over `[tokens, vocab]`.
+    pub log_probs_only: bool,
 }
 
 impl ScoringBatch {
@@ -82,28 +87,53 @@ pub fn score_completions_with(
     options: &ScoreOptions,
     device: &Device,
 ) -> RowScores {
-    let input = token_tensor(&batch.input_ids, batch.rows, batch.seq_len, device);
-    let hidden = model.hidden_states(input, &batch.padding);
-    let [rows, seq, d_model] = hidden.dims();
-    // The head is linear without bias, so the mean logit at a position is its hidden state times
-    // the mean of the head's rows: no `[positions, vocab]` logits are needed.
-    let position_logit_sums = options.position_logit_sums.map(|n| {
-        let summed = hidden
-            .clone()
-            .detach()
-            .narrow(1, 0, n.min(seq))
-            .sum_dim(1)
-            .reshape([rows, d_model]);
-        summed
-            .matmul(model.lm_head().detach().mean_dim(0).reshape([d_model, 1]))
-            .reshape([rows])
-    });
+    // Packed (no padding, shared prefixes once) unless a statistic needs the padding's hidden
+    // states too.
+    let (hidden, flat_index, position_logit_sums): (Tensor<2>, Vec<i32>, _) = match options
+        .position_logit_sums
+    {
+        Some(n) => {
+            let input = token_tensor(&batch.input_ids, batch.rows, batch.seq_len, device);
+            let hidden = model.hidden_states(input, &batch.padding);
+            let [rows, seq, d_model] = hidden.dims();
+            // The head is linear without bias, so the mean logit at a position is its hidden
+            // state times the mean of the head's rows: no `[positions, vocab]` logits.
+            let summed = hidden
+                .clone()
+                .detach()
+                .narrow(1, 0, n.min(seq))
+                .sum_dim(1)
+                .reshape([rows, d_model])
+                .matmul(model.lm_head().detach().mean_dim(0).reshape([d_model, 1]))
+                .reshape([rows]);
+            let index = batch
+                .scored
+                .iter()
+                .map(|&(row, pos)| (row * seq + pos) as i32)
+                .collect();
+            (hidden.reshape([rows * seq, d_model]), index, Some(summed))
+        }
+        None => {
+            let plan = PackingPlan::new(&batch.input_ids, &batch.padding, !model.dropout_active());
+            let hidden = model.packed_hidden_states(&Packing::new(&plan, device), &batch.padding);
+            let index = batch
+                .scored
+                .iter()
+                .map(|&(row, pos)| {
+                    plan.unique_at(row, pos)
+                        .expect("a scored position is a real token") as i32
+                })
+                .collect();
+            (hidden, index, None)
+        }
+    };
+    let rows = batch.rows;
     let n = batch.scored.len();
     if n == 0 {
         // Nothing to score (every completion is a lone first token, or empty): sums of zero
         // terms, as in TRL, but still functions of the weights so that a backward pass works
         // (with zero gradients) instead of finding no graph.
-        let tracked = hidden.sum_dim(2).sum_dim(1).reshape([rows]).mul_scalar(0.0);
+        let tracked = hidden.sum().mul_scalar(0.0).expand([rows]);
         let zeros = Tensor::<1>::zeros([rows], device);
         return RowScores {
             logps: tracked.clone(),
@@ -115,19 +145,14 @@ pub fn score_completions_with(
             position_logit_sums,
         };
     }
-    let flat_positions: Vec<i32> = batch
-        .scored
-        .iter()
-        .map(|&(row, pos)| (row * seq + pos) as i32)
-        .collect();
     let labels: Vec<i32> = batch
         .scored
         .iter()
-        .map(|&(row, pos)| batch.input_ids[row * seq + pos + 1])
+        .map(|&(row, pos)| batch.input_ids[row * batch.seq_len + pos + 1])
         .collect();
-    let selected = hidden.reshape([rows * seq, d_model]).select(
+    let selected = hidden.select(
         0,
-        Tensor::<1, Int>::from_data(TensorData::new(flat_positions, [n]), device),
+        Tensor::<1, Int>::from_data(TensorData::new(flat_index, [n]), device),
     );
     let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [n, 1]), device);
     let head = model.lm_head().transpose();
@@ -151,9 +176,11 @@ pub fn score_completions_with(
             let log_sum_sq = log_probs.clone().mul_scalar(2.0).exp().sum_dim(1).log();
             aligned.push(picked.detach() - log_sum_sq);
         }
-        mean_logits.push(logits.clone().mean_dim(1));
-        hits.push(logits.argmax(1).equal(chunk_labels).float());
-        entropies.push((log_probs.clone().exp() * log_probs).sum_dim(1).neg());
+        if !options.log_probs_only {
+            mean_logits.push(logits.clone().mean_dim(1));
+            hits.push(logits.argmax(1).equal(chunk_labels).float());
+            entropies.push((log_probs.clone().exp() * log_probs).sum_dim(1).neg());
+        }
         start += len;
     }
     // Sum tokens into their rows with a 0/1 membership matrix: one small matmul, differentiable.
@@ -168,7 +195,13 @@ pub fn score_completions_with(
             .matmul(Tensor::cat(parts, 0))
             .reshape([rows])
     };
-    let per_row = |parts: Vec<Tensor<2>>| sum_rows(&membership, parts);
+    let per_row = |parts: Vec<Tensor<2>>| {
+        if parts.is_empty() {
+            Tensor::<1>::zeros([rows], device)
+        } else {
+            sum_rows(&membership, parts)
+        }
+    };
     let plain_logps = per_row(token_logps.clone());
     let logps = match &options.token_weights {
         Some(weights) => {

@@ -66,6 +66,7 @@ pub fn prepare(mut batch: ScoringBatch, method: PreferenceLoss) -> Prepared {
             token_weights,
             aligned: false,
             position_logit_sums: Some(logit_positions),
+            log_probs_only: false,
         },
         batch,
         method,

@@ -920,7 +920,11 @@ fn reference_logps(
         }
         None => {
             let reference = reference.expect("a released reference has every log-prob cached");
-            let logps = score_completions_with(reference, batch, score, device).logps;
+            let score = ScoreOptions {
+                log_probs_only: true,
+                ..score.clone()
+            };
+            let logps = score_completions_with(reference, batch, &score, device).logps;
             (
                 logps.clone().narrow(0, 0, n),
                 logps.clone().narrow(0, n, n),
