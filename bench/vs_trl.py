@@ -196,7 +196,7 @@ def run_measured(cmd, env=None, cwd=None) -> tuple[int, float, str]:
 
 
 def ours(bin_path: Path, workload: str, model: Path, data: Path, steps: int, backend: str,
-         work: Path) -> dict:
+         work: Path, env=None) -> dict:
     spec = WORKLOADS[workload]
     out = work / f"out-{workload}"
     shutil.rmtree(out, ignore_errors=True)
@@ -206,13 +206,29 @@ def ours(bin_path: Path, workload: str, model: Path, data: Path, steps: int, bac
            "--backend", backend, "--log-every", str(steps)]
     if spec["lora"]:
         cmd += ["--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "q_proj,v_proj"]
-    code, rss, tail = run_measured(cmd)
+    code, rss, tail = run_measured(cmd, env=env)
     if code != 0:
         raise RuntimeError(f"dpo-wgpu failed ({code}): {tail}")
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
     steps_seen = [r for r in records if "seconds" in r and "loss" in r]
     return {"seconds": [r["seconds"] for r in steps_seen], "tokens": [r.get("tokens", 0) for r in steps_seen],
             "peak_rss_mib": rss, "loss": [r["loss"] for r in steps_seen]}
+
+
+def kernels_per_step(bin_path: Path, workload: str, model: Path, data: Path, backend: str,
+                     work: Path) -> float:
+    """GPU kernels one training step launches (wgpu): cubecl's profiling log has a line per
+    launch; runs of 2 and 4 steps, so loading and the first step's compilation cancel out."""
+    counts = []
+    for steps in (2, 4):
+        log_file = work / f"kernels-{workload}-{steps}.log"
+        log_file.unlink(missing_ok=True)
+        env = {**os.environ, "CUBECL_DEBUG_LOG": str(log_file), "CUBECL_DEBUG_OPTION": "profile"}
+        ours(bin_path, workload, model, data, steps, backend, work, env=env)
+        with open(log_file, errors="replace") as f:
+            counts.append(sum(1 for line in f if line.startswith("| ")))
+        log_file.unlink()
+    return (counts[1] - counts[0]) / 2
 
 
 def trl_side(workload: str, model: str, data: str, steps: int, device: str, out: str) -> None:
@@ -370,6 +386,10 @@ def main() -> None:
             floor = flops_per_token * statistics.mean(tokens) / (rate * 1e9)
             row[side] = {**best, "floor_s": floor, "ratio_to_floor": best["median_step_s"] / floor,
                          "rounds": summaries, "loss": runs[side][0]["loss"]}
+        if a.backend != "cpu":
+            log(f"{workload}: counting dpo-wgpu's kernels per step")
+            row["ours"]["kernels_per_step"] = kernels_per_step(
+                Path(a.bin), workload, model, data, a.backend, work)
         row["step_ratio"] = row["ours"]["median_step_s"] / row["trl"]["median_step_s"]
         row["rss_ratio"] = row["ours"]["peak_rss_mib"] / row["trl"]["peak_rss_mib"]
         results.append(row)
@@ -388,6 +408,9 @@ def main() -> None:
               f"{r['step_ratio']:.2f} | {tps(t)} | {tps(o)} | {t['peak_rss_mib']:.0f} MiB | "
               f"{o['peak_rss_mib']:.0f} MiB | {r['rss_ratio']:.2f} | {o['floor_s']:.3f} s | "
               f"{t['ratio_to_floor']:.1f} | {o['ratio_to_floor']:.1f} |")
+    for r in results:
+        if "kernels_per_step" in r["ours"]:
+            print(f"{r['workload']}: {r['ours']['kernels_per_step']:.0f} kernels per step (wgpu)")
     log(f"wrote {a.out}")
 
 
