@@ -15,7 +15,7 @@ pub mod scoring;
 pub mod weights;
 
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::error::Result;
 use attention::{PaddingMask, attention_mask, token_tensor};
@@ -152,22 +152,14 @@ impl CausalLm {
     }
 
     /// Final hidden states `[unique, d_model]` of a packed batch's unique tokens (see
-    /// [`packing`]); `padding` is the grid's.
-    pub fn packed_hidden_states(&self, packing: &Packing, padding: &PaddingMask) -> Tensor<2> {
-        let mask = attention_mask(
-            packing.rows,
-            packing.seq_len,
-            0,
-            Some(padding),
-            &packing.tokens.device(),
+    /// [`packing`]).
+    pub fn packed_hidden_states(&self, packing: &Packing) -> Tensor<2> {
+        let hidden = self.forward_in(
+            packing.tokens.clone(),
+            packing.mask.as_ref(),
+            &mut self.new_cache(),
+            Layout::Packed(packing),
         );
-        let mut cache = self.new_cache();
-        let input = packing.tokens.clone();
-        let layout = Layout::Packed(packing);
-        let hidden = match self {
-            CausalLm::Gpt2(m) => m.forward(input, mask.as_ref(), &mut cache, layout),
-            CausalLm::Llama(m) => m.forward(input, mask.as_ref(), &mut cache, layout),
-        };
         let [_, n, d] = hidden.dims();
         hidden.reshape([n, d])
     }
@@ -190,9 +182,20 @@ impl CausalLm {
     ) -> Tensor<3> {
         let [batch, new] = input_ids.dims();
         let mask = attention_mask(batch, new, cache.len(), padding, &input_ids.device());
+        self.forward_in(input_ids, mask.as_ref(), cache, Layout::Grid)
+    }
+
+    /// The family's forward pass over tokens laid out as `layout` says.
+    fn forward_in(
+        &self,
+        input_ids: Tensor<2, Int>,
+        mask: Option<&Tensor<4, Bool>>,
+        cache: &mut KvCache,
+        layout: Layout,
+    ) -> Tensor<3> {
         match self {
-            CausalLm::Gpt2(m) => m.forward(input_ids, mask.as_ref(), cache, Layout::Grid),
-            CausalLm::Llama(m) => m.forward(input_ids, mask.as_ref(), cache, Layout::Grid),
+            CausalLm::Gpt2(m) => m.forward(input_ids, mask, cache, layout),
+            CausalLm::Llama(m) => m.forward(input_ids, mask, cache, layout),
         }
     }
 

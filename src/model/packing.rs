@@ -12,15 +12,15 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::attention::PaddingMask;
+use super::attention::{PaddingMask, attention_mask};
 
 /// Host-side plan: which unique token each grid cell reads, and where each unique token is.
 #[derive(Debug, Clone)]
 pub struct PackingPlan {
-    pub rows: usize,
-    pub seq_len: usize,
+    /// The grid's padding (what attention masks).
+    pub padding: PaddingMask,
     /// Token id of each unique token.
     pub tokens: Vec<i32>,
     /// Absolute position of each unique token in its rows.
@@ -41,8 +41,7 @@ impl PackingPlan {
         let mut children: HashMap<(u32, Option<i32>), u32> = HashMap::new();
         let mut node_unique: Vec<Option<u32>> = vec![None];
         let mut plan = PackingPlan {
-            rows,
-            seq_len,
+            padding: padding.clone(),
             tokens: Vec::new(),
             positions: Vec::new(),
             grid_to_unique: vec![None; rows * seq_len],
@@ -81,7 +80,7 @@ impl PackingPlan {
 
     /// The unique token at `(row, position)`; `None` for padding.
     pub fn unique_at(&self, row: usize, position: usize) -> Option<usize> {
-        self.grid_to_unique[row * self.seq_len + position].map(|u| u as usize)
+        self.grid_to_unique[row * self.padding.seq_len + position].map(|u| u as usize)
     }
 }
 
@@ -89,6 +88,8 @@ impl PackingPlan {
 pub struct Packing {
     pub rows: usize,
     pub seq_len: usize,
+    /// The grid's causal and padding mask.
+    pub mask: Option<Tensor<4, Bool>>,
     /// `[1, unique]` token ids and positions: the packed "batch" the layers see.
     pub tokens: Tensor<2, Int>,
     pub positions: Tensor<2, Int>,
@@ -108,12 +109,14 @@ impl Packing {
             .map(|u| u.unwrap_or(0) as i32)
             .collect();
         let from_grid: Vec<i32> = plan.unique_to_grid.iter().map(|&c| c as i32).collect();
+        let (rows, seq_len) = (plan.padding.batch, plan.padding.seq_len);
         Self {
-            rows: plan.rows,
-            seq_len: plan.seq_len,
+            rows,
+            seq_len,
+            mask: attention_mask(rows, seq_len, 0, Some(&plan.padding), device),
             tokens: Tensor::from_data(ints(plan.tokens.clone(), vec![1, n]), device),
             positions: Tensor::from_data(ints(plan.positions.clone(), vec![1, n]), device),
-            to_grid: Tensor::from_data(ints(to_grid, vec![plan.rows * plan.seq_len]), device),
+            to_grid: Tensor::from_data(ints(to_grid, vec![rows * seq_len]), device),
             from_grid: Tensor::from_data(ints(from_grid, vec![n]), device),
         }
     }

@@ -115,7 +115,7 @@ pub fn score_completions_with(
         }
         None => {
             let plan = PackingPlan::new(&batch.input_ids, &batch.padding, !model.dropout_active());
-            let hidden = model.packed_hidden_states(&Packing::new(&plan, device), &batch.padding);
+            let hidden = model.packed_hidden_states(&Packing::new(&plan, device));
             let index = batch
                 .scored
                 .iter()
