@@ -386,7 +386,8 @@ def main() -> None:
             floor = flops_per_token * statistics.mean(tokens) / (rate * 1e9)
             row[side] = {**best, "floor_s": floor, "ratio_to_floor": best["median_step_s"] / floor,
                          "rounds": summaries, "loss": runs[side][0]["loss"]}
-        if a.backend != "cpu":
+        # The pairs make one epoch of `--steps` steps: the count needs 4 of them.
+        if a.backend != "cpu" and a.steps >= 4:
             log(f"{workload}: counting dpo-wgpu's kernels per step")
             row["ours"]["kernels_per_step"] = kernels_per_step(
                 Path(a.bin), workload, model, data, a.backend, work)
