@@ -231,8 +231,11 @@ def kernels_per_step(bin_path: Path, workload: str, model: Path, data: Path, bac
     return (counts[1] - counts[0]) / 2
 
 
-def trl_side(workload: str, model: str, data: str, steps: int, device: str, out: str) -> None:
-    """`vs_trl.py trl`: one TRL run, step timings as JSON in `out`."""
+def trl_side(workload: str, model: str, data: str, steps: int, device: str, out: str,
+             per_device_batch: int | None = None, full: bool = False) -> None:
+    """`vs_trl.py trl`: one TRL run, step timings as JSON in `out`. Under torchrun (DDP, one
+    process per rank) each takes `per_device_batch` pairs a step and rank 0 writes `out`;
+    `full` fine-tunes every weight even where the workload has LoRA."""
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -244,18 +247,25 @@ def trl_side(workload: str, model: str, data: str, steps: int, device: str, out:
         folder = str(model_path.parent)
     else:
         kw, folder = {}, model
-    policy = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)
+    def load():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw)
+        if kw:
+            # Dequantized to f32 on loading; the marks of a quantized model would refuse training.
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+        return model
+
+    policy = load()
     tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
-    if kw:
-        # Dequantized to f32 on loading; the marks of a quantized model would refuse training.
-        policy.hf_quantizer = None
-        policy.is_quantized = False
-        if hasattr(policy.config, "quantization_config"):
-            del policy.config.quantization_config
+    # Without LoRA, TRL loads a reference copy by the policy's path, which fails for a GGUF file:
+    # hand it one loaded the same way.
+    ref_model = load() if (full or not spec["lora"]) and kw else None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     peft_config = None
-    if spec["lora"]:
+    if spec["lora"] and not full:
         from peft import LoraConfig
         peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
                                  target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -279,16 +289,18 @@ def trl_side(workload: str, model: str, data: str, steps: int, device: str, out:
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(
             output_dir=tmp, beta=BETA, learning_rate=LR, max_length=MAX_LENGTH,
-            per_device_train_batch_size=spec["pairs_per_step"], max_steps=steps,
+            per_device_train_batch_size=per_device_batch or spec["pairs_per_step"], max_steps=steps,
             report_to=[], use_cpu=device == "cpu", bf16=False, fp16=False, save_strategy="no",
             eval_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
             seed=42,
         )
-        trainer = DPOTrainer(model=policy, args=args, train_dataset=rows, processing_class=tokenizer,
+        trainer = DPOTrainer(model=policy, ref_model=ref_model, args=args, train_dataset=rows,
+                             processing_class=tokenizer,
                              peft_config=peft_config, callbacks=[timer])
         trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    Path(out).write_text(json.dumps({"seconds": timer.seconds, "loss": losses}))
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(out).write_text(json.dumps({"seconds": timer.seconds, "loss": losses}))
 
 
 def theirs(python: str, workload: str, model: Path, data: Path, steps: int, device: str,
@@ -331,9 +343,12 @@ def main() -> None:
             ap.add_argument(name, required=True)
         ap.add_argument("--steps", type=int, required=True)
         ap.add_argument("--max-length", type=int, required=True)
+        ap.add_argument("--per-device-batch", type=int)
+        ap.add_argument("--full", action="store_true")
         a = ap.parse_args()
         MAX_LENGTH = a.max_length
-        trl_side(a.workload, a.model, a.data, a.steps, a.device, a.json)
+        trl_side(a.workload, a.model, a.data, a.steps, a.device, a.json, a.per_device_batch,
+                 a.full)
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)

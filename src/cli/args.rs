@@ -196,6 +196,10 @@ pub struct RunArgs {
     pub log_every: usize,
     #[arg(long, default_value = "auto")]
     pub backend: BackendChoice,
+    /// Which discrete GPU wgpu takes (0 = the first); under mpirun, by default each rank takes
+    /// the GPU of its rank on its host, or wgpu's default adapter if there is no such GPU.
+    #[arg(long)]
+    pub device_index: Option<usize>,
     /// AdamW's β₁ (default 0.9).
     #[arg(long)]
     pub adam_beta1: Option<f64>,

@@ -13,6 +13,8 @@ mod output;
 #[cfg(not(target_arch = "wasm32"))]
 mod plot;
 #[cfg(not(target_arch = "wasm32"))]
+mod ranks;
+#[cfg(not(target_arch = "wasm32"))]
 mod ref_logps;
 #[cfg(not(target_arch = "wasm32"))]
 mod report;
@@ -38,7 +40,7 @@ mod cli {
 
     use burn::tensor::Device;
     use clap::Parser;
-    use dpo_wgpu::backend::{self, BackendChoice};
+    use dpo_wgpu::backend::{self, BackendChoice, Gpu};
     use dpo_wgpu::error::{Error, Result};
     use dpo_wgpu::io::bundle::ModelBundle;
     use dpo_wgpu::io::native::files::{
@@ -54,6 +56,7 @@ mod cli {
     use crate::config;
     use crate::output::Staging;
     use crate::plot;
+    use crate::ranks::Ranks;
     use crate::ref_logps;
     use crate::report;
 
@@ -67,8 +70,11 @@ mod cli {
     static STOP: AtomicBool = AtomicBool::new(false);
 
     pub fn main() -> ExitCode {
+        // Under mpirun, join the job first: every message below names this process's rank.
+        let ranks = Ranks::start();
+        let prefix = ranks.as_ref().map(Ranks::prefix).unwrap_or_default();
         // A panic is a bug: report it in one line, not as a crash dump, and exit as a failed run.
-        std::panic::set_hook(Box::new(|info| {
+        std::panic::set_hook(Box::new(move |info| {
             let message = info
                 .payload()
                 .downcast_ref::<&str>()
@@ -80,41 +86,80 @@ mod cli {
                 .map(|l| format!(" at {}:{}", l.file(), l.line()))
                 .unwrap_or_default();
             eprintln!(
-                "internal error{place}: {message} (this is a bug in dpo-wgpu; please report it)"
+                "{prefix}internal error{place}: {message} (this is a bug in dpo-wgpu; please \
+                 report it)"
             );
         }));
+        let ranks = match ranks {
+            Ok(ranks) => ranks,
+            Err(e) => return report_error(&Ranks::alone(), e),
+        };
         let cli = match config::expand(std::env::args_os().collect()) {
             Ok(args) => Cli::parse_from(args),
-            Err(e) => return report_error(e),
+            Err(e) => return report_error(&ranks, e),
         };
         let result = std::panic::catch_unwind(|| match cli.command {
-            Command::Train(args) => train(&args.run, Task::Dpo, Some(&args)),
-            Command::Sft(args) => train(&args, Task::Sft, None),
-            Command::Eval(args) => eval(args).map(|()| ExitCode::SUCCESS),
-            Command::Generate(args) => generate(args).map(|()| ExitCode::SUCCESS),
+            Command::Train(args) => train(&ranks, &args.run, Task::Dpo, Some(&args)),
+            Command::Sft(args) => train(&ranks, &args, Task::Sft, None),
+            Command::Eval(args) => alone(&ranks, "eval")
+                .and_then(|()| eval(args))
+                .map(|()| ExitCode::SUCCESS),
+            Command::Generate(args) => alone(&ranks, "generate")
+                .and_then(|()| generate(args))
+                .map(|()| ExitCode::SUCCESS),
         });
         match result {
             Ok(Ok(code)) => code,
-            Ok(Err(e)) => report_error(e),
-            Err(_) => ExitCode::from(FAILED),
+            Ok(Err(e)) => report_error(&ranks, e),
+            Err(_) => ranks.exit(FAILED),
         }
     }
 
-    /// Print an error (settings under their flag's name) and pick the exit code.
-    fn report_error(e: Error) -> ExitCode {
+    /// Print an error (settings under their flag's name) and pick the exit code; in an MPI job
+    /// the failure ends every rank.
+    fn report_error(ranks: &Ranks, e: Error) -> ExitCode {
         match &e {
-            Error::Setting { field, message } => eprintln!("error: {}: {message}", flag(field)),
-            e => eprintln!("error: {e}"),
+            Error::Setting { field, message } => {
+                ranks.say(&format!("error: {}: {message}", flag(field)))
+            }
+            e => ranks.say(&format!("error: {e}")),
         }
-        ExitCode::from(if e.is_bad_input() { BAD_INPUT } else { FAILED })
+        ranks.exit(if e.is_bad_input() { BAD_INPUT } else { FAILED })
+    }
+
+    /// `eval` and `generate` are one process's work.
+    fn alone(ranks: &Ranks, command: &str) -> Result<()> {
+        if ranks.size > 1 {
+            return Err(Error::Invalid(format!(
+                "`{command}` runs in one process: start it without mpirun"
+            )));
+        }
+        Ok(())
     }
 
     fn device(choice: BackendChoice) -> Result<backend::SelectedDevice> {
-        let selected = backend::select(choice)?;
+        device_on(&Ranks::alone(), choice, None)
+    }
+
+    /// The device of this rank: discrete GPU `gpu`, or under mpirun the GPU of its rank on its
+    /// host (the default adapter when there is no such GPU).
+    fn device_on(
+        ranks: &Ranks,
+        choice: BackendChoice,
+        gpu: Option<usize>,
+    ) -> Result<backend::SelectedDevice> {
+        let gpu = match gpu {
+            Some(i) => Gpu::Discrete(i),
+            None if ranks.size > 1 => Gpu::Spread(ranks.local_rank),
+            None => Gpu::Default,
+        };
+        let selected = backend::select_on(choice, gpu)?;
         if let Some(reason) = &selected.fallback_reason {
-            eprintln!("notice: {reason}; falling back to the CPU backend");
+            ranks.say(&format!(
+                "notice: {reason}; falling back to the CPU backend"
+            ));
         }
-        eprintln!("device: {}", selected.description);
+        ranks.say(&format!("device: {}", selected.description));
         Ok(selected)
     }
 
@@ -130,7 +175,12 @@ mod cli {
     }
 
     /// `train` (DPO) and `sft`.
-    fn train(args: &RunArgs, task: Task, dpo: Option<&TrainArgs>) -> Result<ExitCode> {
+    fn train(
+        ranks: &Ranks,
+        args: &RunArgs,
+        task: Task,
+        dpo: Option<&TrainArgs>,
+    ) -> Result<ExitCode> {
         if args.model.is_some() && args.output.is_none() {
             return Err(Error::setting("output", "required with --model"));
         }
@@ -138,8 +188,13 @@ mod cli {
         let explicit_reference = dpo.is_some_and(|d| d.ref_model.is_some());
         check_settings(task, &overrides, args.lora().as_ref(), explicit_reference)?;
         let output = args.output.clone().unwrap_or_else(|| "runs/demo".into());
-        let staging = Staging::begin(&output, args.resume_from.as_deref())?;
-        let selected = device(args.backend)?;
+        // Rank 0 alone writes (and prints the run); the other ranks only compute.
+        let writer = ranks.is_writer();
+        let staging = match writer {
+            true => Some(Staging::begin(&output, args.resume_from.as_deref())?),
+            false => None,
+        };
+        let selected = device_on(ranks, args.backend, args.device_index)?;
         let device = &selected.device;
         // The files each model is made of: what precomputed reference log-probs are keyed by.
         let mut reference_files = Vec::new();
@@ -181,14 +236,34 @@ mod cli {
             ..RunSpec::new(task)
         };
         let mut run = Run::new(spec, &selected)?;
+        // Under mpirun every rank builds the same run, then they check that they agree.
+        if let Some(group) = ranks.group() {
+            pollster::block_on(run.trainer.join_group(group))?;
+        }
+        let Some(staging) = staging else {
+            return follow(ranks, run, &output, &reference_files, args);
+        };
         report::summary(
             &run.summary,
             run.trainer.options(),
             run.trainer.total_steps(),
         );
+        if ranks.size > 1 {
+            report::data_parallel(
+                ranks.size,
+                run.trainer.options(),
+                run.trainer.all_reduce_values(),
+            );
+        }
         if run.trainer.options().precompute_ref_log_probs {
             let demo_seed = args.model.is_none().then(|| run.trainer.options().seed);
-            ref_logps::precompute(&mut run.trainer, &output, &reference_files, demo_seed)?;
+            ref_logps::precompute(
+                ranks,
+                &mut run.trainer,
+                &output,
+                &reference_files,
+                demo_seed,
+            )?;
         }
         let sub = if task == Task::Dpo { "train" } else { "sft" };
         let settings = config::effective(sub, run.trainer.options(), args.given_settings(dpo));
@@ -211,7 +286,8 @@ mod cli {
             );
         });
         let mut last_checkpoint = None;
-        let stop = || STOP.load(Ordering::SeqCst);
+        // In a job every rank stops after the same step: stopping is agreed on.
+        let stop = || ranks.any(STOP.load(Ordering::SeqCst));
         let patience = run.trainer.options().early_stopping_patience.unwrap_or(0);
         let progress = report::Progress::new(
             run.trainer.total_steps(),
@@ -293,6 +369,32 @@ mod cli {
         };
         eprintln!("saved {what} to {}", output.display());
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// A rank other than 0 of an MPI job: the same run, computing its share of every batch and
+    /// summing with the others, printing and writing nothing.
+    fn follow(
+        ranks: &Ranks,
+        mut run: Run,
+        output: &Path,
+        reference_files: &[std::path::PathBuf],
+        args: &RunArgs,
+    ) -> Result<ExitCode> {
+        if run.trainer.options().precompute_ref_log_probs {
+            let demo_seed = args.model.is_none().then(|| run.trainer.options().seed);
+            ref_logps::precompute(ranks, &mut run.trainer, output, reference_files, demo_seed)?;
+        }
+        let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+        let stop = || ranks.any(STOP.load(Ordering::SeqCst));
+        let schedule = Schedule {
+            eval_every: args.eval_every,
+            save_every: args.save_every,
+        };
+        let outcome = pollster::block_on(run.train(schedule, stop, |_| Ok(())))?;
+        Ok(match outcome.interrupted {
+            true => ExitCode::from(INTERRUPTED),
+            false => ExitCode::SUCCESS,
+        })
     }
 
     /// DPO metrics of a model: a run whose evaluation set is the data, with no step taken.

@@ -10,6 +10,8 @@ use dpo_wgpu::error::{Error, Location, Result};
 use dpo_wgpu::io::bundle::ExportedFiles;
 use dpo_wgpu::io::native::files::{hash_files, write_files_atomically};
 use dpo_wgpu::train::trainer::Trainer;
+
+use crate::ranks::Ranks;
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
@@ -35,6 +37,7 @@ fn cache_file(output: &Path, model: &str, data: &str) -> PathBuf {
 /// them), and release the reference model. `reference_files` are the files the reference is
 /// made of (model folder or .gguf, plus a starting adapter); `None` for the built-in demo.
 pub fn precompute(
+    ranks: &Ranks,
     trainer: &mut Trainer,
     output: &Path,
     reference_files: &[PathBuf],
@@ -52,7 +55,10 @@ pub fn precompute(
     };
     let path = cache_file(output, &model, &data);
     let source = path.display().to_string();
-    if path.exists() {
+    // In an MPI job the ranks compute together, so they read the file only if all of them can.
+    let found = path.exists();
+    let missing_somewhere = ranks.any(!found);
+    if found && !missing_somewhere {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&source, e))?;
         let saved: Saved = serde_json::from_str(&text).map_err(|e| {
             Error::input(
@@ -67,7 +73,9 @@ pub fn precompute(
             ));
         }
         trainer.load_reference_logps([saved.train, saved.eval, saved.test])?;
-        eprintln!("reference log-probs: read from {source}");
+        if ranks.is_writer() {
+            eprintln!("reference log-probs: read from {source}");
+        }
     } else {
         let started = Instant::now();
         pollster::block_on(trainer.precompute_reference_logps())?;
@@ -82,6 +90,9 @@ pub fn precompute(
             eval,
             test,
         };
+        if !ranks.is_writer() {
+            return trainer.release_reference();
+        }
         let bytes = serde_json::to_vec(&saved).expect("log-probs serialize");
         let name = path
             .file_name()
@@ -101,6 +112,8 @@ pub fn precompute(
         );
     }
     trainer.release_reference()?;
-    eprintln!("reference model released: training holds only the policy");
+    if ranks.is_writer() {
+        eprintln!("reference model released: training holds only the policy");
+    }
     Ok(())
 }

@@ -45,6 +45,16 @@ fn dropped(what: &str, data: &DataSummary, reason: DropReason) {
 }
 
 /// Before a run starts: what was built.
+/// How a data-parallel job splits its batches, and what each step sends.
+pub fn data_parallel(ranks: usize, options: &TrainOptions, values: usize) {
+    eprintln!(
+        "data parallel: {ranks} processes (MPI), each taking a share of every batch of {} \
+         (balanced by tokens); {:.2} MiB summed over them per step (one all-reduce)",
+        options.batch_size,
+        values as f64 * 4.0 / (1024.0 * 1024.0)
+    );
+}
+
 pub fn summary(s: &Summary, options: &TrainOptions, total_steps: usize) {
     if let Some(limit) = s.max_length_fitted {
         eprintln!(

@@ -14,7 +14,8 @@ use crate::model::scoring::{RowScores, ScoringBatch};
 pub struct DpoOutput {
     /// Mean loss over the batch's pairs, shape `[1]`.
     pub loss: Tensor<1>,
-    /// `[STATS]`: see `Stat`.
+    /// `[STATS]`: see `Stat`. Every entry is a sum over the batch's pairs or tokens, so the
+    /// statistics of a batch split between processes add up to the whole batch's.
     pub stats: Tensor<1>,
 }
 
@@ -33,16 +34,29 @@ enum Stat {
     MeanLogitSumRejected,
     Top1Chosen,
     EntropySum,
+    // Counted on the host: the denominators.
+    Pairs,
+    ChosenTokens,
+    RejectedTokens,
 }
-const STATS: usize = 11;
+pub const STATS: usize = 14;
+
+/// The batch a share was cut from (a data-parallel process's part of it, `collective.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct WholeBatch {
+    pub pairs: usize,
+    /// Scored tokens of all its chosen completions.
+    pub chosen_tokens: usize,
+}
 
 /// Rows `0..pairs` of `policy` (scored on `batch`) are chosen completions, rows
-/// `pairs..2*pairs` rejected ones.
+/// `pairs..2*pairs` rejected ones. `whole`: the batch this one is a share of, if it is one.
 pub fn dpo_loss(
     policy: RowScores,
     ref_chosen: Tensor<1>,
     ref_rejected: Tensor<1>,
     batch: &ScoringBatch,
+    whole: Option<WholeBatch>,
     options: &LossOptions,
     beta: f64,
 ) -> DpoOutput {
@@ -77,7 +91,10 @@ pub fn dpo_loss(
         chosen_lengths: lengths(0..pairs),
         rejected_lengths: lengths(pairs..2 * pairs),
         chosen_token_logp_sum: policy.plain_logps.clone().narrow(0, 0, pairs).sum(),
-        chosen_token_count: scored[..pairs].iter().sum(),
+        chosen_token_normalizer: match whole {
+            Some(whole) => whole.chosen_tokens as f64 * pairs as f64 / whole.pairs as f64,
+            None => scored[..pairs].iter().sum::<usize>() as f64,
+        },
         pair_weights,
     };
     let loss = preference_loss(&inputs, options, beta);
@@ -91,20 +108,27 @@ pub fn dpo_loss(
         .detach()
         .greater(rejected_rewards.clone().detach())
         .float()
-        .mean();
+        .sum();
     let mean_logits = policy.mean_logit_sums;
-    let mut stats = vec![Tensor::<1>::zeros([1], &loss.device()); STATS];
-    stats[Stat::Loss as usize] = loss.clone().detach();
-    stats[Stat::RewardChosen as usize] = detached(chosen_rewards).mean();
-    stats[Stat::RewardRejected as usize] = detached(rejected_rewards).mean();
+    let mut stats = vec![Tensor::<1>::zeros([1], &loss.device()); Stat::Pairs as usize];
+    // The loss is a mean over pairs: times the pairs, it adds up over a split batch.
+    stats[Stat::Loss as usize] = loss.clone().detach().mul_scalar(pairs as f64);
+    stats[Stat::RewardChosen as usize] = detached(chosen_rewards).sum();
+    stats[Stat::RewardRejected as usize] = detached(rejected_rewards).sum();
     stats[Stat::Accuracy as usize] = accuracy;
-    stats[Stat::Margin as usize] = detached(margins).mean();
-    stats[Stat::LogpChosen as usize] = detached(chosen).mean();
-    stats[Stat::LogpRejected as usize] = detached(rejected).mean();
+    stats[Stat::Margin as usize] = detached(margins).sum();
+    stats[Stat::LogpChosen as usize] = detached(chosen).sum();
+    stats[Stat::LogpRejected as usize] = detached(rejected).sum();
     stats[Stat::MeanLogitSumChosen as usize] = mean_logits.clone().narrow(0, 0, pairs).sum();
     stats[Stat::MeanLogitSumRejected as usize] = mean_logits.narrow(0, pairs, pairs).sum();
     stats[Stat::Top1Chosen as usize] = policy.top1_hits.narrow(0, 0, pairs).sum();
     stats[Stat::EntropySum as usize] = policy.entropy_sums.sum();
+    let counts = [
+        pairs,
+        scored[..pairs].iter().sum(),
+        scored[pairs..].iter().sum(),
+    ];
+    stats.push(host(counts.iter().map(|&c| c as f32).collect()));
     DpoOutput {
         loss,
         stats: Tensor::cat(stats, 0),
@@ -138,22 +162,24 @@ pub struct DpoMetrics {
 }
 
 impl DpoMetrics {
-    /// From the `stats` read back, and the batch's completion token counts (known on the host).
-    pub fn from_stats(stats: &[f32], chosen_tokens: usize, rejected_tokens: usize) -> Self {
+    /// From the `stats` read back (`DpoOutput::stats`, or several batches' summed).
+    pub fn from_stats(stats: &[f32]) -> Self {
         let s = |k: Stat| stats[k as usize] as f64;
-        let per_token = |sum: f64, n: usize| if n > 0 { sum / n as f64 } else { 0.0 };
+        let per = |sum: f64, n: f64| if n > 0.0 { sum / n } else { 0.0 };
+        let per_pair = |k: Stat| per(s(k), s(Stat::Pairs));
+        let (chosen_tokens, rejected_tokens) = (s(Stat::ChosenTokens), s(Stat::RejectedTokens));
         Self {
-            loss: s(Stat::Loss),
-            rewards_chosen: s(Stat::RewardChosen),
-            rewards_rejected: s(Stat::RewardRejected),
-            rewards_accuracies: s(Stat::Accuracy),
-            rewards_margins: s(Stat::Margin),
-            logps_chosen: s(Stat::LogpChosen),
-            logps_rejected: s(Stat::LogpRejected),
-            logits_chosen: per_token(s(Stat::MeanLogitSumChosen), chosen_tokens),
-            logits_rejected: per_token(s(Stat::MeanLogitSumRejected), rejected_tokens),
-            mean_token_accuracy: per_token(s(Stat::Top1Chosen), chosen_tokens),
-            entropy: per_token(s(Stat::EntropySum), chosen_tokens + rejected_tokens),
+            loss: per_pair(Stat::Loss),
+            rewards_chosen: per_pair(Stat::RewardChosen),
+            rewards_rejected: per_pair(Stat::RewardRejected),
+            rewards_accuracies: per_pair(Stat::Accuracy),
+            rewards_margins: per_pair(Stat::Margin),
+            logps_chosen: per_pair(Stat::LogpChosen),
+            logps_rejected: per_pair(Stat::LogpRejected),
+            logits_chosen: per(s(Stat::MeanLogitSumChosen), chosen_tokens),
+            logits_rejected: per(s(Stat::MeanLogitSumRejected), rejected_tokens),
+            mean_token_accuracy: per(s(Stat::Top1Chosen), chosen_tokens),
+            entropy: per(s(Stat::EntropySum), chosen_tokens + rejected_tokens),
         }
     }
 }

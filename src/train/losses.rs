@@ -404,10 +404,12 @@ pub struct PairInputs {
     /// Completion tokens per pair (at least 1), for the per-token losses.
     pub chosen_lengths: Tensor<1>,
     pub rejected_lengths: Tensor<1>,
-    /// Σ of the chosen completions' token log-probs (never LD-weighted), `[1]`, and how many
-    /// tokens that is: the SFT term.
+    /// Σ of the chosen completions' token log-probs (never LD-weighted), `[1]`, and what it is
+    /// divided by for the SFT term: how many tokens that is, or for a share of a batch split
+    /// between processes, the whole batch's count times this share's part of its pairs (so the
+    /// shares' terms, weighted by their pairs, add up to the whole batch's).
     pub chosen_token_logp_sum: Tensor<1>,
-    pub chosen_token_count: usize,
+    pub chosen_token_normalizer: f64,
     /// WPO: per-pair weights (detached), when `use_weighting`.
     pub pair_weights: Option<Tensor<1>>,
 }
@@ -609,7 +611,7 @@ fn sft(r: &Ratios, inputs: &PairInputs) -> Tensor<1> {
     inputs
         .chosen_token_logp_sum
         .clone()
-        .div_scalar(inputs.chosen_token_count.max(1) as f64)
+        .div_scalar(inputs.chosen_token_normalizer.max(1.0))
         .neg()
         .expand([n])
 }

@@ -57,6 +57,10 @@ pub struct StepReport {
     /// Tokens the policy read in this step (both answers of each pair, padding excluded).
     #[serde(default)]
     pub tokens: usize,
+    /// Data-parallel runs: seconds this rank spent in the step's all-reduce (waiting for the
+    /// slowest rank included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_seconds: Option<f64>,
     /// The loss or gradient was NaN or infinite, so the update was not applied.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,

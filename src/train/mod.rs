@@ -3,6 +3,7 @@
 //! assembles a run from what a user asked for. The loss and the loop know nothing of files.
 
 pub mod checkpoint;
+pub mod collective;
 pub mod demo;
 pub mod dpo;
 pub mod losses;

@@ -96,7 +96,15 @@ impl LrSchedule {
 pub struct ParamInfo {
     pub id: ParamId,
     pub rank: usize,
+    /// The tensor's dimensions (a vector's length, then 1).
+    pub dims: [usize; 2],
     pub role: ParamRole,
+}
+
+impl ParamInfo {
+    pub fn numel(&self) -> usize {
+        self.dims[0] * self.dims[1]
+    }
 }
 
 pub fn param_infos(params: &[NamedParam]) -> Vec<ParamInfo> {
@@ -107,6 +115,10 @@ pub fn param_infos(params: &[NamedParam]) -> Vec<ParamInfo> {
             rank: match p.tensor {
                 ParamTensor::Vector(_) => 1,
                 ParamTensor::Matrix { .. } => 2,
+            },
+            dims: match &p.tensor {
+                ParamTensor::Vector(t) => [t.dims()[0], 1],
+                ParamTensor::Matrix { tensor, .. } => tensor.dims(),
             },
             role: p.role,
         })

@@ -94,7 +94,7 @@ enum Stat {
     LogOddsRatio,
     LogOddsChosen,
 }
-const STATS: usize = 12;
+pub const STATS: usize = 12;
 
 /// Device-side results of one batch: the loss to differentiate and the statistics to read back.
 pub struct ReferenceFreeOutput {

@@ -619,6 +619,7 @@ impl Run {
             checkpoint::restore(&mut trainer, saved)?;
             summary.resumed = Some((saved.label.clone(), trainer.steps_done()));
         }
+
         // Early stopping resumes where it stood: its best model and patience count.
         let (best, without_improvement) = match &spec.resume {
             Some(SavedRun {

@@ -15,8 +15,9 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
-use super::dpo::{DpoMetrics, dpo_loss};
-use super::losses::PreferenceLoss;
+use super::collective::{Collective, check_agreement, shard};
+use super::dpo::{DpoMetrics, WholeBatch, dpo_loss};
+use super::losses::{LossTerm, PreferenceLoss};
 use super::metrics::{Metrics, MetricsAccumulator, StepReport};
 use super::optim::{ParamInfo, clip_grad_norm, param_infos};
 use super::optimizer::Optimizer;
@@ -24,10 +25,10 @@ use super::options::TrainOptions;
 use super::reference_free::{ReferenceFreeMetrics, prepare, reference_free_loss};
 use super::sft::{SftMetrics, sft_loss};
 use crate::error::{Error, Result};
-use crate::model::CausalLm;
 use crate::model::scoring::{
     ScoreOptions, ScoringBatch, score_completions, score_completions_with,
 };
+use crate::model::{CausalLm, ParamTensor};
 use crate::text::collate::{collate_completions, collate_pairs, collate_split_pairs};
 use crate::text::tokenize::{SplitPair, TokenizedCompletion, TokenizedPair};
 
@@ -117,6 +118,12 @@ pub struct Trainer {
     progress: Progress,
     /// Steps in a row whose loss or gradient was not finite (their updates were skipped).
     non_finite_in_a_row: usize,
+    /// The other processes of a data-parallel job (`collective.rs`); `None` trains alone.
+    group: Option<Box<dyn Collective>>,
+    /// In a group: the tensors training changes (each once), whose gradients are summed.
+    exchanged: Vec<ParamInfo>,
+    /// Seconds the last exchange with the group took.
+    exchange_seconds: f64,
 }
 
 /// After this many non-finite steps in a row the run stops.
@@ -220,6 +227,9 @@ impl Trainer {
                 next_seed: options.seed,
             },
             non_finite_in_a_row: 0,
+            group: None,
+            exchanged: Vec::new(),
+            exchange_seconds: 0.0,
             options,
         };
         trainer.start_epoch();
@@ -335,69 +345,73 @@ impl Trainer {
         batch
     }
 
-    /// The batch for `indices` of `split`, and its loss and statistics on `policy`. Returns the
-    /// loss, the tensors to read back, and how to turn them into metrics.
+    /// The batch for `indices` of `split`, and its loss and statistics on `policy`: the loss,
+    /// the statistics to read back (sums, see `metrics_of`) and fresh reference log-probs.
+    /// `whole` is the batch `indices` are this process's share of (the same slice when alone):
+    /// SFT's loss is a mean over all of its tokens.
     fn forward(
         &self,
         policy: &CausalLm,
         split: Split,
         indices: &[usize],
-    ) -> (
-        Tensor<1>,
-        Vec<Tensor<1>>,
-        Box<dyn FnOnce(&[Vec<f32>]) -> Metrics>,
-        Option<Fresh>,
-    ) {
-        let n = indices.len();
+        whole: &[usize],
+    ) -> (Tensor<1>, Tensor<1>, Option<Fresh>) {
         let max_length = self.options.max_length;
         match &self.objective {
             Objective::Dpo { .. } => {
                 let (batch, score, ref_chosen, ref_rejected, fresh) =
                     self.dpo_batch_with_reference(split, indices);
-                let tokens = batch.scored_tokens_per_row();
-                let (chosen_tokens, rejected_tokens) =
-                    (tokens[..n].iter().sum(), tokens[n..].iter().sum());
                 let policy_score = ScoreOptions {
                     aligned: self.options.loss.use_weighting,
                     ..score
                 };
                 let scores = score_completions_with(policy, &batch, &policy_score, &self.device);
+                // The SFT term is a mean over the whole batch's chosen tokens.
+                let whole = (whole.len() != indices.len()).then(|| {
+                    let whole_batch = self.collate_pairs(split, whole);
+                    WholeBatch {
+                        pairs: whole.len(),
+                        chosen_tokens: whole_batch.scored_tokens_per_row()[..whole.len()]
+                            .iter()
+                            .sum(),
+                    }
+                });
                 let out = dpo_loss(
                     scores,
                     ref_chosen,
                     ref_rejected,
                     &batch,
+                    whole,
                     &self.options.loss,
                     self.options.beta,
                 );
-                let metrics = Box::new(move |data: &[Vec<f32>]| {
-                    Metrics::Dpo(DpoMetrics::from_stats(
-                        &data[0],
-                        chosen_tokens,
-                        rejected_tokens,
-                    ))
-                });
-                (out.loss, vec![out.stats], metrics, fresh)
+                (out.loss, out.stats, fresh)
             }
-            Objective::Sft { train, eval, test } => {
-                let set = match split {
-                    Split::Train => train,
-                    Split::Eval => eval,
-                    Split::Test => test,
+            Objective::Sft { .. } => {
+                let collate = |indices: &[usize]| {
+                    let set = self.completions(split);
+                    let rows: Vec<&TokenizedCompletion> =
+                        indices.iter().map(|&i| &set[i]).collect();
+                    collate_completions(
+                        &rows,
+                        max_length,
+                        self.options.truncation_mode,
+                        self.pad_id,
+                    )
                 };
-                let rows: Vec<&TokenizedCompletion> = indices.iter().map(|&i| &set[i]).collect();
-                let batch = collate_completions(
-                    &rows,
-                    max_length,
-                    self.options.truncation_mode,
-                    self.pad_id,
-                );
+                let batch = collate(indices);
                 let tokens = batch.scored.len();
-                let out = sft_loss(score_completions(policy, &batch, &self.device), tokens);
-                let metrics = Box::new(move |data: &[Vec<f32>]| {
-                    Metrics::Sft(SftMetrics::from_stats(&data[0], tokens))
-                });
-                (out.loss, vec![out.stats], metrics, None)
+                let normalizer = if whole.len() == indices.len() {
+                    tokens
+                } else {
+                    collate(whole).scored.len()
+                };
+                let out = sft_loss(
+                    score_completions(policy, &batch, &self.device),
+                    tokens,
+                    normalizer,
+                );
+                (out.loss, out.stats, None)
             }
             Objective::ReferenceFree {
                 train,
@@ -411,19 +425,72 @@ impl Trainer {
                     Split::Test => test,
                 };
                 let pairs: Vec<&SplitPair> = indices.iter().map(|&i| &set[i]).collect();
-                let method = *method;
-                let prepared =
-                    prepare(collate_split_pairs(&pairs, max_length, self.pad_id), method);
+                let prepared = prepare(
+                    collate_split_pairs(&pairs, max_length, self.pad_id),
+                    *method,
+                );
                 let scores =
                     score_completions_with(policy, &prepared.batch, &prepared.score, &self.device);
                 let out =
                     reference_free_loss(scores, &prepared, &self.options.loss, self.options.beta);
-                let metrics = Box::new(move |data: &[Vec<f32>]| {
-                    Metrics::ReferenceFree(ReferenceFreeMetrics::from_stats(&data[0], method))
-                });
-                (out.loss, vec![out.stats], metrics, None)
+                (out.loss, out.stats, None)
             }
         }
+    }
+
+    /// The SFT examples of a split.
+    fn completions(&self, split: Split) -> &[TokenizedCompletion] {
+        match &self.objective {
+            Objective::Sft { train, eval, test } => match split {
+                Split::Train => train,
+                Split::Eval => eval,
+                Split::Test => test,
+            },
+            _ => &[],
+        }
+    }
+
+    /// How many statistics `forward` returns for a batch.
+    fn stats_len(&self) -> usize {
+        match &self.objective {
+            Objective::Dpo { .. } => super::dpo::STATS,
+            Objective::Sft { .. } => super::sft::STATS,
+            Objective::ReferenceFree { .. } => super::reference_free::STATS,
+        }
+    }
+
+    /// A batch's metrics from its statistics (one process's, or the sum of every rank's shares).
+    fn metrics_of(&self, stats: &[f32]) -> Metrics {
+        match &self.objective {
+            Objective::Dpo { .. } => Metrics::Dpo(DpoMetrics::from_stats(stats)),
+            Objective::Sft { .. } => Metrics::Sft(SftMetrics::from_stats(stats)),
+            Objective::ReferenceFree { method, .. } => {
+                Metrics::ReferenceFree(ReferenceFreeMetrics::from_stats(stats, *method))
+            }
+        }
+    }
+
+    /// This process's share of a batch of `split`: all of it when training alone.
+    fn local_share<'a>(&self, split: Split, whole: &'a [usize]) -> &'a [usize] {
+        match &self.group {
+            Some(group) => {
+                let costs: Vec<usize> = whole.iter().map(|&i| self.tokens_in(split, i)).collect();
+                shard(whole, &costs, group.rank(), group.size())
+            }
+            None => whole,
+        }
+    }
+
+    /// What a share's loss is multiplied by so that the gradients of every share of every
+    /// micro-batch of a step add up to the gradient of the step's whole batch: its share of the
+    /// step's examples (a per-pair mean), or for SFT (whose loss is already a mean over the whole
+    /// micro-batch's tokens) the micro-batch's.
+    fn loss_weight(&self, share: &[usize], whole: &[usize], examples: usize) -> f64 {
+        let rows = match self.objective {
+            Objective::Sft { .. } => whole.len(),
+            _ => share.len(),
+        };
+        rows as f64 / examples as f64
     }
 
     /// Read `tensors` back in one transaction, plus fresh reference log-probs, which are cached.
@@ -446,6 +513,271 @@ impl Trainer {
             }
         }
         Ok(data)
+    }
+
+    /// In a group: read back `stats` (one vector per batch in `wholes`), fresh reference
+    /// log-probs and, when given, the gradients, then sum all of it over the ranks in one
+    /// exchange. Every rank then holds the whole batches' statistics (returned), every pair's
+    /// fresh reference log-probs (cached) and the summed gradients (put back in `grads`).
+    async fn read_back_summed(
+        &mut self,
+        split: Split,
+        mut stats: Vec<Tensor<1>>,
+        fresh: Vec<Fresh>,
+        wholes: &[Vec<usize>],
+        grads: Option<&mut GradientsParams>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let batches = stats.len();
+        stats.extend(fresh.iter().map(|f| f.logps.clone()));
+        // Each trainable tensor flattened; `None` where this rank has no gradient for it.
+        let mut flat = Vec::new();
+        if let Some(grads) = grads.as_deref() {
+            for p in &self.exchanged {
+                let g = match p.rank {
+                    1 => grads.get::<1>(p.id),
+                    _ => grads.get::<2>(p.id).map(|g| g.reshape([p.numel()])),
+                };
+                flat.push(g.is_some());
+                stats.extend(g);
+            }
+        }
+        let mut data = read_back(stats).await?.into_iter();
+        // Layout: the batches' statistics; per pair of `wholes`, (chosen, rejected, provided);
+        // per trainable tensor, (present, its values).
+        let mut buffer: Vec<f32> = Vec::new();
+        let mut lengths = Vec::with_capacity(batches);
+        for d in data.by_ref().take(batches) {
+            lengths.push(d.len());
+            buffer.extend(d);
+        }
+        let slots_at = buffer.len();
+        let slot_of: HashMap<usize, usize> = wholes
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(slot, &i)| (i, slot))
+            .collect();
+        buffer.resize(slots_at + 3 * slot_of.len(), 0.0);
+        for (f, values) in fresh.iter().zip(data.by_ref()) {
+            let n = f.indices.len();
+            for (k, i) in f.indices.iter().enumerate() {
+                let at = slots_at + 3 * slot_of[i];
+                buffer[at..at + 3].copy_from_slice(&[values[k], values[n + k], 1.0]);
+            }
+        }
+        let grads_at = buffer.len();
+        for (p, &present) in self.exchanged.iter().zip(&flat) {
+            if present {
+                buffer.push(1.0);
+                buffer.extend(data.next().expect("a gradient was read"));
+            } else {
+                buffer.push(0.0);
+                buffer.resize(buffer.len() + p.numel(), 0.0);
+            }
+        }
+        let group = self.group.as_ref().expect("only called in a group");
+        let started = Instant::now();
+        group.sum(&mut buffer)?;
+        self.exchange_seconds = started.elapsed().as_secs_f64();
+        if let Objective::Dpo { ref_logps, .. } = &mut self.objective {
+            for (&i, &slot) in &slot_of {
+                let at = slots_at + 3 * slot;
+                if buffer[at + 2] > 0.0 {
+                    ref_logps.insert((split, i), (buffer[at], buffer[at + 1]));
+                }
+            }
+        }
+        if let Some(grads) = grads {
+            let mut at = grads_at;
+            for p in &self.exchanged {
+                let present = buffer[at] > 0.0;
+                let values = &buffer[at + 1..at + 1 + p.numel()];
+                at += 1 + p.numel();
+                // A tensor no rank has a gradient for stays without one (as it would alone).
+                if !present {
+                    continue;
+                }
+                if p.rank == 1 {
+                    grads.remove::<1>(p.id);
+                    let g = TensorData::new(values.to_vec(), [p.numel()]);
+                    grads.register(p.id, Tensor::<1>::from_data(g, &self.device));
+                } else {
+                    grads.remove::<2>(p.id);
+                    let g = TensorData::new(values.to_vec(), p.dims);
+                    grads.register(p.id, Tensor::<2>::from_data(g, &self.device));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(batches);
+        let mut at = 0;
+        for len in lengths {
+            out.push(buffer[at..at + len].to_vec());
+            at += len;
+        }
+        Ok(out)
+    }
+
+    /// Join a data-parallel group: from now on each batch is split between its ranks and what
+    /// they compute is summed. Fails unless every rank has the same data, settings, position in
+    /// the schedule and weights (a sample of each tensor), or when the loss cannot be split
+    /// exactly. A group of one is ignored.
+    pub async fn join_group(&mut self, group: Box<dyn Collective>) -> Result<()> {
+        if group.size() <= 1 {
+            return Ok(());
+        }
+        let ranks = group.size();
+        match &self.objective {
+            Objective::ReferenceFree { method, .. } => {
+                return Err(Error::setting(
+                    "loss",
+                    format!(
+                        "{method} cannot be split over {ranks} processes: its logits metrics \
+                         average over each batch's padded length, which depends on the split; \
+                         run it in one process"
+                    ),
+                ));
+            }
+            Objective::Dpo { .. } => {
+                // AOT sorts the batch's margins; the SFT term's token mean splits exactly, but
+                // not once WPO weights each pair.
+                let use_weighting = self.options.loss.use_weighting;
+                let coupled = |t: &LossTerm| match t.loss {
+                    PreferenceLoss::Aot | PreferenceLoss::AotUnpaired => true,
+                    PreferenceLoss::Sft => use_weighting,
+                    _ => false,
+                };
+                if let Some(term) = self.options.loss.losses.iter().find(|t| coupled(t)) {
+                    return Err(Error::setting(
+                        "loss",
+                        format!(
+                            "{} cannot be split over {ranks} processes: it sorts or averages \
+                             across the whole batch, so a share of it gives another loss; run it \
+                             in one process",
+                            term.loss
+                        ),
+                    ));
+                }
+            }
+            Objective::Sft { .. } => {}
+        }
+        check_agreement(
+            group.as_ref(),
+            self.schedule_fingerprint(),
+            "data, settings or checkpoint",
+        )?;
+        check_agreement(
+            group.as_ref(),
+            self.weights_fingerprint().await?,
+            "model weights (other model files, or another checkpoint)",
+        )?;
+        let policy = self.policy.as_ref().expect("policy present");
+        let adapters = policy.adapter_params();
+        let trainable = match adapters.is_empty() {
+            true => policy
+                .named_params()
+                .into_iter()
+                .filter(|p| p.requires_grad())
+                .collect(),
+            false => adapters,
+        };
+        let mut seen = std::collections::HashSet::new();
+        let trainable: Vec<_> = trainable
+            .into_iter()
+            .filter(|p| seen.insert(p.id))
+            .collect();
+        self.exchanged = param_infos(&trainable);
+        self.group = Some(group);
+        Ok(())
+    }
+
+    /// A hash of what every rank of a group must share: the examples' token ids, the options and
+    /// the position in the schedule.
+    fn schedule_fingerprint(&self) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let options = serde_json::to_vec(&self.options).expect("options serialize");
+        h.update(&options);
+        let progress = serde_json::to_vec(&self.progress).expect("progress serializes");
+        h.update(&progress);
+        let mut put = |ids: &[u32]| {
+            h.update((ids.len() as u64).to_le_bytes());
+            for id in ids {
+                h.update(id.to_le_bytes());
+            }
+        };
+        match &self.objective {
+            Objective::Dpo {
+                train, eval, test, ..
+            } => {
+                for pair in train.iter().chain(eval).chain(test) {
+                    put(&pair.prompt_ids);
+                    put(&pair.chosen_ids);
+                    put(&pair.rejected_ids);
+                }
+            }
+            Objective::Sft { train, eval, test } => {
+                for row in train.iter().chain(eval).chain(test) {
+                    put(&row.prompt_ids);
+                    put(&row.completion_ids);
+                }
+            }
+            Objective::ReferenceFree {
+                train, eval, test, ..
+            } => {
+                for pair in train.iter().chain(eval).chain(test) {
+                    for side in [&pair.chosen, &pair.rejected] {
+                        put(&side.prompt_ids);
+                        put(&side.completion_ids);
+                    }
+                }
+            }
+        }
+        let digest = h.finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+    }
+
+    /// How many f32 values a step sums over the ranks in its one exchange (×4 bytes): every
+    /// trainable value and a flag per tensor, each micro-batch's statistics, and a slot of three
+    /// per example for reference log-probs.
+    pub fn all_reduce_values(&self) -> usize {
+        let grads: usize = self.exchanged.iter().map(|p| p.numel() + 1).sum();
+        let micro = self.options.gradient_accumulation_steps;
+        grads + micro * self.stats_len() + 3 * micro * self.options.batch_size
+    }
+
+    /// A hash of the first values of every tensor of the policy (and the reference, while there
+    /// is one): enough to tell other model files apart without reading every weight back.
+    async fn weights_fingerprint(&self) -> Result<u64> {
+        use sha2::{Digest, Sha256};
+        const SAMPLE: usize = 64;
+        let policy = self.policy.as_ref().expect("policy present");
+        let mut params = policy.optimizer_params();
+        if let Some(reference) = self.reference_model() {
+            params.extend(reference.named_params());
+        }
+        let samples: Vec<Tensor<1>> = params
+            .iter()
+            .map(|p| {
+                let flat: Tensor<1> = match &p.tensor {
+                    ParamTensor::Vector(t) => t.clone(),
+                    ParamTensor::Matrix { tensor, .. } => tensor.clone().reshape([p.numel()]),
+                };
+                flat.narrow(0, 0, p.numel().min(SAMPLE)).detach()
+            })
+            .collect();
+        let mut h = Sha256::new();
+        for values in read_back(samples).await? {
+            for v in values {
+                h.update(v.to_bits().to_le_bytes());
+            }
+        }
+        let digest = h.finalize();
+        Ok(u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")))
+    }
+
+    /// This process's rank and the group's size: `(0, 1)` alone.
+    pub fn rank_and_size(&self) -> (usize, usize) {
+        self.group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()))
     }
 
     /// The micro-batches of the next step: `gradient_accumulation_steps` batches, fewer when the
@@ -477,33 +809,33 @@ impl Trainer {
         let tokens: usize = micro_batches
             .iter()
             .flatten()
-            .map(|&i| self.tokens_of(i))
+            .map(|&i| self.tokens_in(Split::Train, i))
             .sum();
         let policy = self.policy.take().expect("policy present");
         let mut accumulated = GradientsAccumulator::<CausalLm>::new();
-        let (mut readback, mut to_metrics, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
-        for indices in &micro_batches {
-            let (loss, stats, metrics, new) = self.forward(&policy, Split::Train, indices);
-            let loss = if micro_batches.len() == 1 {
+        let (mut readback, mut fresh) = (Vec::new(), Vec::new());
+        for whole in &micro_batches {
+            let share = self.local_share(Split::Train, whole);
+            if share.is_empty() {
+                // More ranks than this micro-batch has examples: nothing to add but zeros.
+                readback.push(Tensor::zeros([self.stats_len()], &self.device));
+                continue;
+            }
+            let (loss, stats, new) = self.forward(&policy, Split::Train, share, whole);
+            let weight = self.loss_weight(share, whole, examples);
+            let loss = if weight == 1.0 {
                 loss
             } else {
-                loss.mul_scalar(indices.len() as f64 / examples as f64)
+                loss.mul_scalar(weight)
             };
             accumulated.accumulate(
                 &policy,
                 GradientsParams::from_grads(loss.backward(), &policy),
             );
-            to_metrics.push((readback.len(), stats.len(), indices.len(), metrics));
-            readback.extend(stats);
+            readback.push(stats);
             fresh.extend(new);
         }
         let mut grads = accumulated.grads();
-        let grad_norm = clip_grad_norm(
-            &self.params,
-            &mut grads,
-            self.options.max_grad_norm,
-            &self.device,
-        );
         let lr = self.options.lr_schedule.lr_at(
             self.options.learning_rate,
             self.progress.step,
@@ -511,31 +843,71 @@ impl Trainer {
             self.options.warmup_steps,
         );
         // One readback per step, before the update: statistics, grad norm and (first time only)
-        // reference log-probs. A non-finite loss or gradient skips the update.
-        let grad_at = readback.len();
-        readback.push(grad_norm);
-        let data = match self.read_back_and_remember(readback, fresh).await {
-            Ok(data) => data,
+        // reference log-probs. In a group, the gradients and statistics are read back and summed
+        // over the ranks first (one exchange), and the norm of the summed gradient after.
+        let read = match self.group {
+            None => {
+                let grad_norm = clip_grad_norm(
+                    &self.params,
+                    &mut grads,
+                    self.options.max_grad_norm,
+                    &self.device,
+                );
+                readback.push(grad_norm);
+                self.read_back_and_remember(readback, fresh)
+                    .await
+                    .map(|mut data| {
+                        let norm = data.pop().expect("the norm was read");
+                        (data, norm)
+                    })
+            }
+            Some(_) => {
+                match self
+                    .read_back_summed(
+                        Split::Train,
+                        readback,
+                        fresh,
+                        &micro_batches,
+                        Some(&mut grads),
+                    )
+                    .await
+                {
+                    Ok(data) => {
+                        let grad_norm = clip_grad_norm(
+                            &self.params,
+                            &mut grads,
+                            self.options.max_grad_norm,
+                            &self.device,
+                        );
+                        read_back(vec![grad_norm])
+                            .await
+                            .map(|mut norm| (data, norm.remove(0)))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let (data, grad_norm) = match read {
+            Ok(read) => read,
             Err(e) => {
                 self.policy = Some(policy);
                 return Err(e);
             }
         };
         // A step's metrics aggregate its micro-batches as the Trainer logs them.
-        let metrics = if to_metrics.len() == 1 {
-            let (at, len, _, metrics) = to_metrics.pop().expect("one micro-batch");
-            metrics(&data[at..at + len])
+        let metrics = if micro_batches.len() == 1 {
+            self.metrics_of(&data[0])
         } else {
             let mut acc = MetricsAccumulator::default();
             let mut last = None;
-            for (at, len, rows, metrics) in to_metrics {
-                let m = metrics(&data[at..at + len]);
-                acc.add_metrics(&m, rows);
+            for (stats, whole) in data.iter().zip(&micro_batches) {
+                let m = self.metrics_of(stats);
+                acc.add_metrics(&m, whole.len());
                 last = Some(m);
             }
             acc.mean_like(&last.expect("at least one micro-batch"))
         };
-        let grad_norm = data[grad_at][0] as f64;
+        let grad_norm = grad_norm[0] as f64;
         let finite = metrics.loss().is_finite() && grad_norm.is_finite();
         self.policy = Some(if finite {
             self.optimizer.step(lr, policy, grads)
@@ -579,27 +951,35 @@ impl Trainer {
             seconds: started.elapsed().as_secs_f64(),
             tokens,
             skipped: !finite,
+            exchange_seconds: self.group.as_ref().map(|_| self.exchange_seconds),
         })
     }
 
-    /// Tokens the policy reads for training example `index` (both sequences of a pair, each cut
-    /// at `max_length`), for throughput.
-    fn tokens_of(&self, index: usize) -> usize {
+    /// Tokens the policy reads for example `index` of `split` (both sequences of a pair, each
+    /// cut at `max_length`): for throughput, and what a group balances its shares by.
+    fn tokens_in(&self, split: Split, index: usize) -> usize {
         let limit = self.options.max_length.unwrap_or(usize::MAX);
         let seq = |a: usize, b: usize| (a + b).min(limit);
         match &self.objective {
-            Objective::Dpo { train, .. } => {
-                let p = &train[index];
+            Objective::Dpo { .. } => {
+                let p = &self.pairs(split)[index];
                 seq(p.prompt_ids.len(), p.chosen_ids.len())
                     + seq(p.prompt_ids.len(), p.rejected_ids.len())
             }
-            Objective::ReferenceFree { train, .. } => {
-                let p = &train[index];
+            Objective::ReferenceFree {
+                train, eval, test, ..
+            } => {
+                let set = match split {
+                    Split::Train => train,
+                    Split::Eval => eval,
+                    Split::Test => test,
+                };
+                let p = &set[index];
                 seq(p.chosen.prompt_ids.len(), p.chosen.completion_ids.len())
                     + seq(p.rejected.prompt_ids.len(), p.rejected.completion_ids.len())
             }
-            Objective::Sft { train, .. } => {
-                let c = &train[index];
+            Objective::Sft { .. } => {
+                let c = &self.completions(split)[index];
                 seq(c.prompt_ids.len(), c.completion_ids.len())
             }
         }
@@ -638,13 +1018,7 @@ impl Trainer {
         else {
             unreachable!("only DPO runs have a reference")
         };
-        let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &self.pairs(split)[i]).collect();
-        let batch = collate_pairs(
-            &pairs,
-            self.options.max_length,
-            self.options.truncation_mode,
-            self.pad_id,
-        );
+        let batch = self.collate_pairs(split, indices);
         let score = ScoreOptions {
             token_weights: self
                 .options
@@ -663,6 +1037,17 @@ impl Trainer {
             &self.device,
         );
         (batch, score, chosen, rejected, fresh)
+    }
+
+    /// The DPO pairs of `split` at `indices`, collated.
+    fn collate_pairs(&self, split: Split, indices: &[usize]) -> ScoringBatch {
+        let pairs: Vec<&TokenizedPair> = indices.iter().map(|&i| &self.pairs(split)[i]).collect();
+        collate_pairs(
+            &pairs,
+            self.options.max_length,
+            self.options.truncation_mode,
+            self.pad_id,
+        )
     }
 
     /// The reference model, while the run holds one (DPO, until released).
@@ -742,10 +1127,25 @@ impl Trainer {
                     .collect(),
                 _ => return Ok(()),
             };
-            for indices in missing.chunks(self.options.eval_batch_size.max(1)) {
-                let (.., fresh) = self.dpo_batch_with_reference(split, indices);
-                self.read_back_and_remember(Vec::new(), fresh.into_iter().collect())
+            for whole in missing.chunks(self.options.eval_batch_size.max(1)) {
+                let share = self.local_share(split, whole);
+                let fresh = match share.is_empty() {
+                    true => None,
+                    false => self.dpo_batch_with_reference(split, share).4,
+                };
+                if self.group.is_some() {
+                    self.read_back_summed(
+                        split,
+                        Vec::new(),
+                        fresh.into_iter().collect(),
+                        &[whole.to_vec()],
+                        None,
+                    )
                     .await?;
+                } else {
+                    self.read_back_and_remember(Vec::new(), fresh.into_iter().collect())
+                        .await?;
+                }
             }
         }
         Ok(())
@@ -851,13 +1251,25 @@ impl Trainer {
         let batch_size = self.options.eval_batch_size;
         let mut last = None;
         for start in (0..len).step_by(batch_size) {
-            let indices: Vec<usize> = (start..(start + batch_size).min(len)).collect();
-            let (_, readback, to_metrics, fresh) = self.forward(&policy, split, &indices);
-            let data = self
-                .read_back_and_remember(readback, fresh.into_iter().collect())
-                .await?;
-            let metrics = to_metrics(&data);
-            acc.add_metrics(&metrics, indices.len());
+            let whole: Vec<usize> = (start..(start + batch_size).min(len)).collect();
+            let share = self.local_share(split, &whole);
+            let (stats, fresh) = match share.is_empty() {
+                true => (Tensor::zeros([self.stats_len()], &self.device), None),
+                false => {
+                    let (_, stats, fresh) = self.forward(&policy, split, share, &whole);
+                    (stats, fresh)
+                }
+            };
+            let fresh: Vec<Fresh> = fresh.into_iter().collect();
+            let data = match self.group {
+                Some(_) => {
+                    self.read_back_summed(split, vec![stats], fresh, &[whole.clone()], None)
+                        .await?
+                }
+                None => self.read_back_and_remember(vec![stats], fresh).await?,
+            };
+            let metrics = self.metrics_of(&data[0]);
+            acc.add_metrics(&metrics, whole.len());
             last = Some(metrics);
         }
         Ok(last.map(|m| acc.mean_like(&m)))
