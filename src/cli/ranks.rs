@@ -20,24 +20,16 @@ pub struct Ranks {
     universe: Option<mpi::environment::Universe>,
 }
 
-/// The environment variables MPI launchers set: (world size, local rank).
+/// What the MPI launchers (Open MPI's `mpirun`; MPICH's and Intel MPI's through PMI) tell each
+/// process they start: (world size, rank on this host).
 fn launched_as() -> (usize, usize) {
     let var = |names: &[&str]| {
         names
             .iter()
             .find_map(|n| std::env::var(n).ok()?.parse::<usize>().ok())
     };
-    let size = var(&[
-        "OMPI_COMM_WORLD_SIZE",
-        "PMI_SIZE",
-        "PMIX_SIZE",
-        "MPI_LOCALNRANKS",
-    ]);
-    let local = var(&[
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "MPI_LOCALRANKID",
-        "PMI_LOCAL_RANK",
-    ]);
+    let size = var(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]);
+    let local = var(&["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"]);
     (size.unwrap_or(1), local.unwrap_or(0))
 }
 

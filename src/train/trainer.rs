@@ -775,11 +775,6 @@ impl Trainer {
         Ok(u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")))
     }
 
-    /// This process's rank and the group's size: `(0, 1)` alone.
-    pub fn rank_and_size(&self) -> (usize, usize) {
-        self.group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()))
-    }
-
     /// The micro-batches of the next step: `gradient_accumulation_steps` batches, fewer when the
     /// epoch ends first (as the Trainer does).
     fn next_micro_batches(&mut self) -> Vec<Vec<usize>> {
