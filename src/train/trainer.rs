@@ -1258,8 +1258,14 @@ impl Trainer {
             let fresh: Vec<Fresh> = fresh.into_iter().collect();
             let data = match self.group {
                 Some(_) => {
-                    self.read_back_summed(split, vec![stats], fresh, &[whole.clone()], None)
-                        .await?
+                    self.read_back_summed(
+                        split,
+                        vec![stats],
+                        fresh,
+                        std::slice::from_ref(&whole),
+                        None,
+                    )
+                    .await?
                 }
                 None => self.read_back_and_remember(vec![stats], fresh).await?,
             };
