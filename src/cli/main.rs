@@ -240,15 +240,14 @@ mod cli {
         if let Some(group) = ranks.group() {
             pollster::block_on(run.trainer.join_group(group))?;
         }
-        let Some(staging) = staging else {
-            return follow(ranks, run, &output, &reference_files, args);
-        };
-        report::summary(
-            &run.summary,
-            run.trainer.options(),
-            run.trainer.total_steps(),
-        );
-        if ranks.size > 1 {
+        if writer {
+            report::summary(
+                &run.summary,
+                run.trainer.options(),
+                run.trainer.total_steps(),
+            );
+        }
+        if writer && ranks.size > 1 {
             report::data_parallel(
                 ranks.size,
                 run.trainer.options(),
@@ -265,6 +264,13 @@ mod cli {
                 demo_seed,
             )?;
         }
+        let schedule = Schedule {
+            eval_every: args.eval_every,
+            save_every: args.save_every,
+        };
+        let Some(staging) = staging else {
+            return follow(ranks, run, schedule);
+        };
         let sub = if task == Task::Dpo { "train" } else { "sft" };
         let settings = config::effective(sub, run.trainer.options(), args.given_settings(dpo));
         std::fs::write(staging.dir().join("run.toml"), settings).map_err(|e| Error::Io {
@@ -272,10 +278,6 @@ mod cli {
             source: e,
         })?;
         let mut log = JsonLog::create(&staging.dir().join("metrics.jsonl"))?;
-        let schedule = Schedule {
-            eval_every: args.eval_every,
-            save_every: args.save_every,
-        };
         let _ = ctrlc::set_handler(|| {
             // A second Ctrl-C does not wait for the checkpoint.
             if STOP.swap(true, Ordering::SeqCst) {
@@ -373,23 +375,9 @@ mod cli {
 
     /// A rank other than 0 of an MPI job: the same run, computing its share of every batch and
     /// summing with the others, printing and writing nothing.
-    fn follow(
-        ranks: &Ranks,
-        mut run: Run,
-        output: &Path,
-        reference_files: &[std::path::PathBuf],
-        args: &RunArgs,
-    ) -> Result<ExitCode> {
-        if run.trainer.options().precompute_ref_log_probs {
-            let demo_seed = args.model.is_none().then(|| run.trainer.options().seed);
-            ref_logps::precompute(ranks, &mut run.trainer, output, reference_files, demo_seed)?;
-        }
+    fn follow(ranks: &Ranks, mut run: Run, schedule: Schedule) -> Result<ExitCode> {
         let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
         let stop = || ranks.any(STOP.load(Ordering::SeqCst));
-        let schedule = Schedule {
-            eval_every: args.eval_every,
-            save_every: args.save_every,
-        };
         let outcome = pollster::block_on(run.train(schedule, stop, |_| Ok(())))?;
         Ok(match outcome.interrupted {
             true => ExitCode::from(INTERRUPTED),

@@ -413,17 +413,8 @@ impl Trainer {
                 );
                 (out.loss, out.stats, None)
             }
-            Objective::ReferenceFree {
-                train,
-                eval,
-                test,
-                method,
-            } => {
-                let set = match split {
-                    Split::Train => train,
-                    Split::Eval => eval,
-                    Split::Test => test,
-                };
+            Objective::ReferenceFree { method, .. } => {
+                let set = self.split_pairs(split);
                 let pairs: Vec<&SplitPair> = indices.iter().map(|&i| &set[i]).collect();
                 let prepared = prepare(
                     collate_split_pairs(&pairs, max_length, self.pad_id),
@@ -441,11 +432,17 @@ impl Trainer {
     /// The SFT examples of a split.
     fn completions(&self, split: Split) -> &[TokenizedCompletion] {
         match &self.objective {
-            Objective::Sft { train, eval, test } => match split {
-                Split::Train => train,
-                Split::Eval => eval,
-                Split::Test => test,
-            },
+            Objective::Sft { train, eval, test } => pick(split, [train, eval, test]),
+            _ => &[],
+        }
+    }
+
+    /// The SimPO/ORPO examples of a split.
+    fn split_pairs(&self, split: Split) -> &[SplitPair] {
+        match &self.objective {
+            Objective::ReferenceFree {
+                train, eval, test, ..
+            } => pick(split, [train, eval, test]),
             _ => &[],
         }
     }
@@ -468,6 +465,24 @@ impl Trainer {
                 Metrics::ReferenceFree(ReferenceFreeMetrics::from_stats(stats, *method))
             }
         }
+    }
+
+    /// [`Trainer::forward`] on this process's share of the batch `whole`: its loss (`None` for an
+    /// empty share: more ranks than the batch has examples), statistics (zeros for an empty share,
+    /// so the sums still line up) and fresh reference log-probs, and the share itself.
+    fn forward_share<'a>(
+        &self,
+        policy: &CausalLm,
+        split: Split,
+        whole: &'a [usize],
+    ) -> (Option<Tensor<1>>, Tensor<1>, Option<Fresh>, &'a [usize]) {
+        let share = self.local_share(split, whole);
+        if share.is_empty() {
+            let zeros = Tensor::zeros([self.stats_len()], &self.device);
+            return (None, zeros, None, share);
+        }
+        let (loss, stats, fresh) = self.forward(policy, split, share, whole);
+        (Some(loss), stats, fresh, share)
     }
 
     /// This process's share of a batch of `split`: all of it when training alone.
@@ -515,6 +530,26 @@ impl Trainer {
         Ok(data)
     }
 
+    /// Read back one batch's `stats` and its fresh reference log-probs (cached): this process's
+    /// alone, or in a group every rank's summed (`whole` is the batch they share).
+    async fn read_back_shared(
+        &mut self,
+        split: Split,
+        stats: Vec<Tensor<1>>,
+        fresh: Option<Fresh>,
+        whole: &[usize],
+    ) -> Result<Vec<Vec<f32>>> {
+        let fresh: Vec<Fresh> = fresh.into_iter().collect();
+        match self.group {
+            Some(_) => {
+                let wholes = [whole.to_vec()];
+                self.read_back_summed(split, stats, fresh, &wholes, None)
+                    .await
+            }
+            None => self.read_back_and_remember(stats, fresh).await,
+        }
+    }
+
     /// In a group: read back `stats` (one vector per batch in `wholes`), fresh reference
     /// log-probs and, when given, the gradients, then sum all of it over the ranks in one
     /// exchange. Every rank then holds the whole batches' statistics (returned), every pair's
@@ -544,7 +579,10 @@ impl Trainer {
         let mut data = read_back(stats).await?.into_iter();
         // Layout: the batches' statistics; per pair of `wholes`, (chosen, rejected, provided);
         // per trainable tensor, (present, its values).
-        let mut buffer: Vec<f32> = Vec::new();
+        let slots: usize = wholes.iter().map(Vec::len).sum();
+        // Sized once: the gradients can be most of a model.
+        let mut buffer: Vec<f32> =
+            Vec::with_capacity(self.exchange_len(batches, slots, !flat.is_empty()));
         let mut lengths = Vec::with_capacity(batches);
         for d in data.by_ref().take(batches) {
             lengths.push(d.len());
@@ -695,54 +733,70 @@ impl Trainer {
     fn schedule_fingerprint(&self) -> u64 {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        let options = serde_json::to_vec(&self.options).expect("options serialize");
-        h.update(&options);
-        let progress = serde_json::to_vec(&self.progress).expect("progress serializes");
-        h.update(&progress);
-        let mut put = |ids: &[u32]| {
-            h.update((ids.len() as u64).to_le_bytes());
-            for id in ids {
-                h.update(id.to_le_bytes());
-            }
-        };
-        match &self.objective {
-            Objective::Dpo {
-                train, eval, test, ..
-            } => {
-                for pair in train.iter().chain(eval).chain(test) {
-                    put(&pair.prompt_ids);
-                    put(&pair.chosen_ids);
-                    put(&pair.rejected_ids);
-                }
-            }
-            Objective::Sft { train, eval, test } => {
-                for row in train.iter().chain(eval).chain(test) {
-                    put(&row.prompt_ids);
-                    put(&row.completion_ids);
-                }
-            }
-            Objective::ReferenceFree {
-                train, eval, test, ..
-            } => {
-                for pair in train.iter().chain(eval).chain(test) {
-                    for side in [&pair.chosen, &pair.rejected] {
-                        put(&side.prompt_ids);
-                        put(&side.completion_ids);
-                    }
+        h.update(serde_json::to_vec(&self.options).expect("options serialize"));
+        h.update(serde_json::to_vec(&self.progress).expect("progress serializes"));
+        self.hash_examples(&mut h);
+        let digest = h.finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+    }
+
+    /// Feed every split's examples into `h`: per split their count, then each token-id list
+    /// (a pair's prompt, chosen and rejected ids; an SFT row's prompt and completion; a SimPO/ORPO
+    /// pair's chosen then rejected prompt and answer) as its length and its ids.
+    fn hash_examples(&self, h: &mut sha2::Sha256) {
+        use sha2::Digest;
+        let mut put = |x: u64| h.update(x.to_le_bytes());
+        for split in [Split::Train, Split::Eval, Split::Test] {
+            let lists: Vec<Vec<&[u32]>> = match &self.objective {
+                Objective::Dpo { .. } => self
+                    .pairs(split)
+                    .iter()
+                    .map(|p| vec![&p.prompt_ids[..], &p.chosen_ids, &p.rejected_ids])
+                    .collect(),
+                Objective::Sft { .. } => self
+                    .completions(split)
+                    .iter()
+                    .map(|c| vec![&c.prompt_ids[..], &c.completion_ids])
+                    .collect(),
+                Objective::ReferenceFree { .. } => self
+                    .split_pairs(split)
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            &p.chosen.prompt_ids[..],
+                            &p.chosen.completion_ids,
+                            &p.rejected.prompt_ids,
+                            &p.rejected.completion_ids,
+                        ]
+                    })
+                    .collect(),
+            };
+            put(lists.len() as u64);
+            for ids in lists.iter().flatten() {
+                put(ids.len() as u64);
+                for &id in ids.iter() {
+                    put(id as u64);
                 }
             }
         }
-        let digest = h.finalize();
-        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
     }
 
     /// How many f32 values a step sums over the ranks in its one exchange (×4 bytes): every
     /// trainable value and a flag per tensor, each micro-batch's statistics, and a slot of three
     /// per example for reference log-probs.
     pub fn all_reduce_values(&self) -> usize {
-        let grads: usize = self.exchanged.iter().map(|p| p.numel() + 1).sum();
         let micro = self.options.gradient_accumulation_steps;
-        grads + micro * self.stats_len() + 3 * micro * self.options.batch_size
+        self.exchange_len(micro, micro * self.options.batch_size, true)
+    }
+
+    /// Values in an exchange of `batches` batches' statistics, `slots` examples' reference
+    /// log-prob slots and, `with_grads`, the gradients (`read_back_summed`'s layout).
+    fn exchange_len(&self, batches: usize, slots: usize, with_grads: bool) -> usize {
+        let grads: usize = match with_grads {
+            true => self.exchanged.iter().map(|p| 1 + p.numel()).sum(),
+            false => 0,
+        };
+        batches * self.stats_len() + 3 * slots + grads
     }
 
     /// A hash of the first values of every tensor of the policy (and the reference, while there
@@ -810,13 +864,10 @@ impl Trainer {
         let mut accumulated = GradientsAccumulator::<CausalLm>::new();
         let (mut readback, mut fresh) = (Vec::new(), Vec::new());
         for whole in &micro_batches {
-            let share = self.local_share(Split::Train, whole);
-            if share.is_empty() {
-                // More ranks than this micro-batch has examples: nothing to add but zeros.
-                readback.push(Tensor::zeros([self.stats_len()], &self.device));
-                continue;
-            }
-            let (loss, stats, new) = self.forward(&policy, Split::Train, share, whole);
+            let (loss, stats, new, share) = self.forward_share(&policy, Split::Train, whole);
+            readback.push(stats);
+            fresh.extend(new);
+            let Some(loss) = loss else { continue };
             let weight = self.loss_weight(share, whole, examples);
             let loss = if weight == 1.0 {
                 loss
@@ -827,8 +878,6 @@ impl Trainer {
                 &policy,
                 GradientsParams::from_grads(loss.backward(), &policy),
             );
-            readback.push(stats);
-            fresh.extend(new);
         }
         let mut grads = accumulated.grads();
         let lr = self.options.lr_schedule.lr_at(
@@ -961,15 +1010,8 @@ impl Trainer {
                 seq(p.prompt_ids.len(), p.chosen_ids.len())
                     + seq(p.prompt_ids.len(), p.rejected_ids.len())
             }
-            Objective::ReferenceFree {
-                train, eval, test, ..
-            } => {
-                let set = match split {
-                    Split::Train => train,
-                    Split::Eval => eval,
-                    Split::Test => test,
-                };
-                let p = &set[index];
+            Objective::ReferenceFree { .. } => {
+                let p = &self.split_pairs(split)[index];
                 seq(p.chosen.prompt_ids.len(), p.chosen.completion_ids.len())
                     + seq(p.rejected.prompt_ids.len(), p.rejected.completion_ids.len())
             }
@@ -1073,11 +1115,7 @@ impl Trainer {
         match &self.objective {
             Objective::Dpo {
                 train, eval, test, ..
-            } => match split {
-                Split::Train => train,
-                Split::Eval => eval,
-                Split::Test => test,
-            },
+            } => pick(split, [train, eval, test]),
             _ => &[],
         }
     }
@@ -1096,18 +1134,7 @@ impl Trainer {
         put(self.options.max_length.map_or(0, |m| m as u64));
         put(self.options.truncation_mode as u64);
         put(self.options.loss.ld_alpha.map_or(u64::MAX, f64::to_bits));
-        for split in [Split::Train, Split::Eval, Split::Test] {
-            let pairs = self.pairs(split);
-            put(pairs.len() as u64);
-            for pair in pairs {
-                for ids in [&pair.prompt_ids, &pair.chosen_ids, &pair.rejected_ids] {
-                    put(ids.len() as u64);
-                    for &id in ids.iter() {
-                        put(id as u64);
-                    }
-                }
-            }
-        }
+        self.hash_examples(&mut h);
         Some(format!("{:x}", h.finalize()))
     }
 
@@ -1128,19 +1155,8 @@ impl Trainer {
                     true => None,
                     false => self.dpo_batch_with_reference(split, share).4,
                 };
-                if self.group.is_some() {
-                    self.read_back_summed(
-                        split,
-                        Vec::new(),
-                        fresh.into_iter().collect(),
-                        &[whole.to_vec()],
-                        None,
-                    )
+                self.read_back_shared(split, Vec::new(), fresh, whole)
                     .await?;
-                } else {
-                    self.read_back_and_remember(Vec::new(), fresh.into_iter().collect())
-                        .await?;
-                }
             }
         }
         Ok(())
@@ -1247,33 +1263,24 @@ impl Trainer {
         let mut last = None;
         for start in (0..len).step_by(batch_size) {
             let whole: Vec<usize> = (start..(start + batch_size).min(len)).collect();
-            let share = self.local_share(split, &whole);
-            let (stats, fresh) = match share.is_empty() {
-                true => (Tensor::zeros([self.stats_len()], &self.device), None),
-                false => {
-                    let (_, stats, fresh) = self.forward(&policy, split, share, &whole);
-                    (stats, fresh)
-                }
-            };
-            let fresh: Vec<Fresh> = fresh.into_iter().collect();
-            let data = match self.group {
-                Some(_) => {
-                    self.read_back_summed(
-                        split,
-                        vec![stats],
-                        fresh,
-                        std::slice::from_ref(&whole),
-                        None,
-                    )
-                    .await?
-                }
-                None => self.read_back_and_remember(vec![stats], fresh).await?,
-            };
+            let (_, stats, fresh, _) = self.forward_share(&policy, split, &whole);
+            let data = self
+                .read_back_shared(split, vec![stats], fresh, &whole)
+                .await?;
             let metrics = self.metrics_of(&data[0]);
             acc.add_metrics(&metrics, whole.len());
             last = Some(metrics);
         }
         Ok(last.map(|m| acc.mean_like(&m)))
+    }
+}
+
+/// The examples of `split` among a run's `[train, eval, test]`.
+fn pick<T>(split: Split, [train, eval, test]: [&Vec<T>; 3]) -> &[T] {
+    match split {
+        Split::Train => train,
+        Split::Eval => eval,
+        Split::Test => test,
     }
 }
 
