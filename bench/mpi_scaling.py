@@ -10,7 +10,7 @@ Needs a binary built with `--features mpi` and Open MPI's mpirun. Workloads:
   W2      SmolLM2-135M-Instruct (GGUF), LoRA r8 α16 on q,v, 6 pairs a step, max_length 128
   W2full  the same model, every weight trained, 6 pairs a step
 A global batch of 6 splits evenly over 1, 2 and 3 ranks. One rank runs without mpirun (the whole
-machine, as a user would run it). Per row: the median step after 2 warm-up steps (rank 0's own
+machine, as a user would run it). Per row: the mean step after 2 warm-up steps (rank 0's own
 timings), the speed-up over one rank and the scaling efficiency (speed-up / N), and for ours the
 time a step spends in the all-reduce (waiting for the slowest rank included) and how many MiB it
 sums. With `--trl`, TRL runs the same workload under DDP (it needs `vs_trl.py`'s venv:
@@ -91,8 +91,8 @@ def theirs(python: str, workload: str, ranks: int, model: Path, data: Path, step
     return json.loads(out.read_text())
 
 
-def median_after_warmup(values: list[float]) -> float:
-    return statistics.median(values[2:] or values)
+def mean_after_warmup(values: list[float]) -> float:
+    return statistics.mean(values[2:] or values)
 
 
 def main() -> None:
@@ -128,15 +128,15 @@ def main() -> None:
                     run = ours(Path(a.bin), workload, ranks, model, data, a.steps, work)
                 else:
                     run = theirs(a.trl_python, workload, ranks, model, data, a.steps, work)
-                step = median_after_warmup(run["seconds"])
+                step = mean_after_warmup(run["seconds"])
                 base = base or (step if ranks == 1 else None)
-                row = {"workload": workload, "side": side, "ranks": ranks, "median_step_s": step,
+                row = {"workload": workload, "side": side, "ranks": ranks, "mean_step_s": step,
                        "loss": run["loss"], **{k: v for k, v in run.items() if k not in ("loss",)}}
                 if base:
                     row["speedup"] = base / step
                     row["efficiency"] = base / step / ranks
                 if side == "ours" and ranks > 1:
-                    row["median_exchange_s"] = median_after_warmup(run["exchange_seconds"])
+                    row["mean_exchange_s"] = mean_after_warmup(run["exchange_seconds"])
                 rows.append(row)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "steps": a.steps,
               "results": rows}
@@ -147,14 +147,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tool = "dpo-wgpu (MPI)" if r["side"] == "ours" else "TRL (DDP, gloo)"
-        exchange = r.get("median_exchange_s")
-        ex = f"{exchange:.3f} s ({exchange / r['median_step_s']:.0%})" if exchange is not None else "–"
+        exchange = r.get("mean_exchange_s")
+        ex = f"{exchange:.3f} s ({exchange / r['mean_step_s']:.0%})" if exchange is not None else "–"
         mib = f"{r['allreduce_mib']:.2f}" if r.get("allreduce_mib") else "–"
         speed = f"{r['speedup']:.2f}×" if "speedup" in r else "–"
         eff = f"{r['efficiency']:.0%}" if "efficiency" in r else "–"
         threads = r.get("threads_per_rank") or "–"
         print(f"| {WHAT[r['workload']]} | {tool} | {r['ranks']} | {threads} | "
-              f"{r['median_step_s']:.3f} s | {speed} | {eff} | {ex} | {mib} |")
+              f"{r['mean_step_s']:.3f} s | {speed} | {eff} | {ex} | {mib} |")
     vs_trl.log(f"wrote {a.out}")
 
 

@@ -183,6 +183,8 @@ pub struct RunArgs {
     pub max_grad_norm: Option<f64>,
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// Pairs per evaluation batch (default 8); also how many pairs the reference scores at
+    /// once during training (the step's and the next steps').
     #[arg(long)]
     pub eval_batch_size: Option<usize>,
     /// Evaluate every N steps (0 = only before and after).

@@ -67,7 +67,12 @@ impl Gpt2 {
         };
         let conv1d = |n: &str, d_in: usize, d_out: usize| -> Result<Projection> {
             Ok(Projection::new(Linear {
-                weight: src.matrix(&name(&format!("{n}.weight")), [d_in, d_out], false, device)?,
+                weight: src.projection_weight(
+                    &name(&format!("{n}.weight")),
+                    [d_in, d_out],
+                    false,
+                    device,
+                )?,
                 bias: Some(src.vector(&name(&format!("{n}.bias")), d_out, device)?),
             }))
         };

@@ -87,7 +87,12 @@ impl Llama {
                 None
             };
             Ok(Projection::new(Linear {
-                weight: src.matrix(&format!("{n}.weight"), [d_out, d_in], true, device)?,
+                weight: src.projection_weight(
+                    &format!("{n}.weight"),
+                    [d_in, d_out],
+                    true,
+                    device,
+                )?,
                 bias,
             }))
         };

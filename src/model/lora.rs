@@ -227,16 +227,19 @@ impl Projection {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // Rows in, rows out: burn's `linear` reshapes the weight to the input's rank, which
+        // copies a weight kept as a transposed view (`WeightSource::projection_weight`) on
+        // every call.
+        let mut dims = x.dims();
+        let d_in = dims[D - 1];
+        let x: Tensor<2> = x.reshape([dims.iter().product::<usize>() / d_in, d_in]);
         let y = self.linear.forward(x.clone());
-        match &self.lora {
+        let y = match &self.lora {
             None => y,
-            Some(l) => {
-                y + x
-                    .matmul(l.a.val().unsqueeze())
-                    .matmul(l.b.val().unsqueeze())
-                    .mul_scalar(l.scale)
-            }
-        }
+            Some(l) => y + x.matmul(l.a.val()).matmul(l.b.val()).mul_scalar(l.scale),
+        };
+        dims[D - 1] = y.dims()[1];
+        y.reshape(dims)
     }
 
     /// `[in, out]` weight with the adapter folded in (for `--merge-lora` exports).

@@ -38,6 +38,10 @@ pub struct ScoreOptions {
     /// (mean logit, top-1 hits, entropy) come back as zeros. What a reference needs; it saves
     /// passes over `[tokens, vocab]`.
     pub log_probs_only: bool,
+    /// At most this many scored positions' logits at once (below the 16 Mi-element bound):
+    /// the reference scores larger batches than a training step, without letting its logits
+    /// outgrow the step's.
+    pub max_logits_rows: Option<usize>,
 }
 
 impl ScoringBatch {
@@ -157,7 +161,9 @@ pub fn score_completions_with(
     let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [n, 1]), device);
     let head = model.lm_head().transpose();
     let vocab = model.vocab_size();
-    let chunk = (MAX_LOGITS_ELEMENTS / vocab).max(1);
+    let chunk = (MAX_LOGITS_ELEMENTS / vocab)
+        .min(options.max_logits_rows.unwrap_or(usize::MAX))
+        .max(1);
     let (mut token_logps, mut mean_logits, mut hits, mut entropies, mut aligned) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut start = 0;

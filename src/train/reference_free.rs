@@ -67,6 +67,7 @@ pub fn prepare(mut batch: ScoringBatch, method: PreferenceLoss) -> Prepared {
             aligned: false,
             position_logit_sums: Some(logit_positions),
             log_probs_only: false,
+            max_logits_rows: None,
         },
         batch,
         method,

@@ -860,6 +860,7 @@ impl Trainer {
             .flatten()
             .map(|&i| self.tokens_in(Split::Train, i))
             .sum();
+        self.score_reference_ahead(&micro_batches).await?;
         let policy = self.policy.take().expect("policy present");
         let mut accumulated = GradientsAccumulator::<CausalLm>::new();
         let (mut readback, mut fresh) = (Vec::new(), Vec::new());
@@ -1064,13 +1065,20 @@ impl Trainer {
                 .map(|alpha| ld_token_weights(&batch, alpha)),
             ..ScoreOptions::default()
         };
+        // A reference batch can hold more pairs than a training step (`score_reference_ahead`):
+        // its logits stay within what a step's take.
+        let step_rows = 2 * self.options.batch_size * self.options.max_length.unwrap_or(1024);
+        let reference_score = ScoreOptions {
+            max_logits_rows: Some(step_rows),
+            ..score.clone()
+        };
         let (chosen, rejected, fresh) = reference_logps(
             reference.as_ref(),
             ref_logps,
             split,
             indices,
             &batch,
-            &score,
+            &reference_score,
             &self.device,
         );
         (batch, score, chosen, rejected, fresh)
@@ -1142,24 +1150,73 @@ impl Trainer {
     /// `eval_batch_size` without gradients (TRL's `precompute_ref_log_probs`).
     pub async fn precompute_reference_logps(&mut self) -> Result<()> {
         for split in [Split::Train, Split::Eval, Split::Test] {
-            let len = self.pairs(split).len();
-            let missing: Vec<usize> = match &self.objective {
-                Objective::Dpo { ref_logps, .. } => (0..len)
-                    .filter(|i| !ref_logps.contains_key(&(split, *i)))
-                    .collect(),
-                _ => return Ok(()),
-            };
-            for whole in missing.chunks(self.options.eval_batch_size.max(1)) {
-                let share = self.local_share(split, whole);
-                let fresh = match share.is_empty() {
-                    true => None,
-                    false => self.dpo_batch_with_reference(split, share).4,
-                };
-                self.read_back_shared(split, Vec::new(), fresh, whole)
-                    .await?;
-            }
+            let missing: Vec<usize> = (0..self.pairs(split).len())
+                .filter(|&i| self.reference_logps_missing(split, i))
+                .collect();
+            let batch = self.options.eval_batch_size.max(1);
+            self.score_reference(split, &missing, batch).await?;
         }
         Ok(())
+    }
+
+    /// Whether example `i` of `split` still needs the reference (a DPO run, not yet scored).
+    fn reference_logps_missing(&self, split: Split, i: usize) -> bool {
+        match &self.objective {
+            Objective::Dpo { ref_logps, .. } => !ref_logps.contains_key(&(split, i)),
+            _ => false,
+        }
+    }
+
+    /// The reference's log-probs of `indices`, `batch` pairs at a time without gradients, kept
+    /// for the steps and evaluations that need them.
+    async fn score_reference(
+        &mut self,
+        split: Split,
+        indices: &[usize],
+        batch: usize,
+    ) -> Result<()> {
+        for whole in indices.chunks(batch) {
+            let share = self.local_share(split, whole);
+            let fresh = match share.is_empty() {
+                true => None,
+                false => self.dpo_batch_with_reference(split, share).4,
+            };
+            self.read_back_shared(split, Vec::new(), fresh, whole)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Before a step that needs reference log-probs: score its pairs together with the pairs
+    /// the next steps take, in batches of at least `eval_batch_size` pairs. A frozen reference
+    /// is cheaper per pair in large batches (each weight is read once for all of their tokens,
+    /// and their shared prompts are packed once), and its log-probs do not depend on when they
+    /// are computed. Not with TR-DPO, whose reference changes every few steps.
+    async fn score_reference_ahead(&mut self, micro_batches: &[Vec<usize>]) -> Result<()> {
+        if self.options.sync_ref_model || self.reference_model().is_none() {
+            return Ok(());
+        }
+        let mut wanted: Vec<usize> = Vec::new();
+        for &i in micro_batches.iter().flatten() {
+            if self.reference_logps_missing(Split::Train, i) && !wanted.contains(&i) {
+                wanted.push(i);
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let largest = micro_batches.iter().map(Vec::len).max().unwrap_or(1);
+        let batch = self.options.eval_batch_size.max(largest).max(1);
+        // Fill the last batch with the examples this epoch takes next.
+        let room = wanted.len().next_multiple_of(batch) - wanted.len();
+        let upcoming: Vec<usize> = self.progress.order[self.progress.cursor..]
+            .iter()
+            .copied()
+            .filter(|&i| self.reference_logps_missing(Split::Train, i) && !wanted.contains(&i))
+            .take(room)
+            .collect();
+        wanted.extend(upcoming);
+        self.score_reference(Split::Train, &wanted, batch).await
     }
 
     /// Every example's reference log-probs, `(chosen, rejected)` per split (train, eval, test),
