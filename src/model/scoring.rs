@@ -1,7 +1,6 @@
 //! Scoring completions: per-row sums of the completion tokens' log-probs (and the statistics TRL
 //! reports), computed without ever building the full `[batch·seq, vocab]` logits.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::CausalLm;
@@ -164,28 +163,47 @@ pub fn score_completions_with(
     let chunk = (MAX_LOGITS_ELEMENTS / vocab)
         .min(options.max_logits_rows.unwrap_or(usize::MAX))
         .max(1);
-    let (mut token_logps, mut mean_logits, mut hits, mut entropies, mut aligned) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The head is linear without bias, so a position's mean logit over the vocabulary is its
+    // hidden state times the mean of the head's rows: no pass over `[tokens, vocab]`.
+    let mean_logits = (!options.log_probs_only).then(|| {
+        let d_model = selected.dims()[1];
+        selected
+            .clone()
+            .detach()
+            .matmul(model.lm_head().detach().mean_dim(0).reshape([d_model, 1]))
+    });
+    let (mut token_logps, mut hits, mut entropies, mut aligned) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
         let chunk_labels = labels.clone().narrow(0, start, len);
         let logits = selected.clone().narrow(0, start, len).matmul(head.clone());
-        let log_probs = log_softmax(logits.clone(), 1);
-        let picked = log_probs.clone().gather(1, chunk_labels.clone());
+        // log p(label) = (x_label − m) − log Σ_v exp(x_v − m), m the detached row max: the
+        // same operations as burn's `log_softmax` followed by the gather (so the same bits),
+        // without materializing `[tokens, vocab]` log-probs; the statistics reuse the
+        // exponentials and the shifted logits.
+        let max = logits.clone().detach().max_dim(1);
+        let shifted = logits - max;
+        let exps = shifted.clone().exp();
+        let sums = exps.clone().sum_dim(1);
+        let log_sums = sums.clone().log();
+        let shifted_label = shifted.clone().gather(1, chunk_labels);
+        let picked = shifted_label.clone() - log_sums.clone();
         token_logps.push(picked.clone());
         // Statistics only: computed off the autodiff graph.
-        let logits = logits.detach();
-        let log_probs = log_probs.detach();
+        let (exps, sums, log_sums) = (exps.detach(), sums.detach(), log_sums.detach());
         if options.aligned {
-            // log Σ_v p_v² = logsumexp(2 log p); every term ≤ 1, so no overflow.
-            let log_sum_sq = log_probs.clone().mul_scalar(2.0).exp().sum_dim(1).log();
-            aligned.push(picked.detach() - log_sum_sq);
+            // log Σ_v p_v² = log Σ_v exp(x_v − m)² − 2 log Σ_v exp(x_v − m).
+            let log_sum_sq = (exps.clone() * exps.clone()).sum_dim(1).log();
+            aligned.push(picked.detach() - log_sum_sq + log_sums.clone().mul_scalar(2.0));
         }
         if !options.log_probs_only {
-            mean_logits.push(logits.clone().mean_dim(1));
-            hits.push(logits.argmax(1).equal(chunk_labels).float());
-            entropies.push((log_probs.clone().exp() * log_probs).sum_dim(1).neg());
+            // The label is the argmax when its logit is the row's maximum.
+            hits.push(shifted_label.detach().greater_equal_elem(0.0).float());
+            // H = −Σ p log p = log Σ e − Σ e·(x − m) / Σ e, with e = exp(x − m).
+            let weighted = (exps * shifted.detach()).sum_dim(1);
+            entropies.push(log_sums - weighted / sums);
         }
         start += len;
     }
@@ -224,7 +242,7 @@ pub fn score_completions_with(
         logps,
         plain_logps,
         aligned_logp_sums: options.aligned.then(|| per_row(aligned)),
-        mean_logit_sums: per_row(mean_logits),
+        mean_logit_sums: per_row(mean_logits.into_iter().collect()),
         top1_hits: per_row(hits),
         entropy_sums: per_row(entropies),
         position_logit_sums,
