@@ -73,6 +73,16 @@ pub struct RowScores {
     pub position_logit_sums: Option<Tensor<1>>,
 }
 
+/// The mean logit over the vocabulary of each hidden state in `hidden` (`[n, d]` → `[n, 1]`),
+/// detached. The head is linear without bias, so that is the hidden state times the mean of the
+/// head's rows: no pass over `[n, vocab]` logits. (Summed hidden states give summed means.)
+fn mean_logits(model: &CausalLm, hidden: Tensor<2>) -> Tensor<2> {
+    let d_model = hidden.dims()[1];
+    hidden
+        .detach()
+        .matmul(model.lm_head().detach().mean_dim(0).reshape([d_model, 1]))
+}
+
 /// Most logits elements materialized at once. 16 Mi f32 = 64 MiB stays under the smallest storage
 /// binding limit we know of (lavapipe: 128 MiB) and bounds peak memory for big vocabularies.
 const MAX_LOGITS_ELEMENTS: usize = 16 * 1024 * 1024;
@@ -99,16 +109,15 @@ pub fn score_completions_with(
             let input = token_tensor(&batch.input_ids, batch.rows, batch.seq_len, device);
             let hidden = model.hidden_states(input, &batch.padding);
             let [rows, seq, d_model] = hidden.dims();
-            // The head is linear without bias, so the mean logit at a position is its hidden
-            // state times the mean of the head's rows: no `[positions, vocab]` logits.
-            let summed = hidden
-                .clone()
-                .detach()
-                .narrow(1, 0, n.min(seq))
-                .sum_dim(1)
-                .reshape([rows, d_model])
-                .matmul(model.lm_head().detach().mean_dim(0).reshape([d_model, 1]))
-                .reshape([rows]);
+            let summed = mean_logits(
+                model,
+                hidden
+                    .clone()
+                    .narrow(1, 0, n.min(seq))
+                    .sum_dim(1)
+                    .reshape([rows, d_model]),
+            )
+            .reshape([rows]);
             let index = batch
                 .scored
                 .iter()
@@ -163,15 +172,7 @@ pub fn score_completions_with(
     let chunk = (MAX_LOGITS_ELEMENTS / vocab)
         .min(options.max_logits_rows.unwrap_or(usize::MAX))
         .max(1);
-    // The head is linear without bias, so a position's mean logit over the vocabulary is its
-    // hidden state times the mean of the head's rows: no pass over `[tokens, vocab]`.
-    let mean_logits = (!options.log_probs_only).then(|| {
-        let d_model = selected.dims()[1];
-        selected
-            .clone()
-            .detach()
-            .matmul(model.lm_head().detach().mean_dim(0).reshape([d_model, 1]))
-    });
+    let mean_logits = (!options.log_probs_only).then(|| mean_logits(model, selected.clone()));
     let (mut token_logps, mut hits, mut entropies, mut aligned) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut start = 0;

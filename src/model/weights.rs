@@ -36,6 +36,23 @@ impl HostTensor {
         Param::from_data(TensorData::new(self.data, self.shape), device)
     }
 
+    /// A matrix parameter whose value is this matrix transposed, as a view: the memory keeps
+    /// this layout (see `WeightSource::projection_weight`).
+    fn into_transposed_param_with_id(
+        self,
+        id: Option<ParamId>,
+        device: &Device,
+    ) -> Param<Tensor<2>> {
+        let data = TensorData::new(self.data, self.shape);
+        let mut param = device.memory_persistent_allocations(data, |data| {
+            Param::from_tensor(Tensor::<2>::from_data(data, device).transpose())
+        });
+        if let Some(id) = id {
+            param.id = id;
+        }
+        param
+    }
+
     fn into_param_with_id<const D: usize>(
         self,
         id: Option<ParamId>,
@@ -114,14 +131,7 @@ pub trait WeightSource {
         } else {
             self.read_shaped(name, &[d_in, d_out])?.transposed()
         };
-        let data = TensorData::new(tensor.data, tensor.shape);
-        let mut param = device.memory_persistent_allocations(data, |data| {
-            Param::from_tensor(Tensor::<2>::from_data(data, device).transpose())
-        });
-        if let Some(id) = self.param_id(name) {
-            param.id = id;
-        }
-        Ok(param)
+        Ok(tensor.into_transposed_param_with_id(self.param_id(name), device))
     }
 
     /// Read a tensor and check its shape, naming both in the error.

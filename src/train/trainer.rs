@@ -1196,26 +1196,26 @@ impl Trainer {
         if self.options.sync_ref_model || self.reference_model().is_none() {
             return Ok(());
         }
-        let mut wanted: Vec<usize> = Vec::new();
-        for &i in micro_batches.iter().flatten() {
-            if self.reference_logps_missing(Split::Train, i) && !wanted.contains(&i) {
-                wanted.push(i);
-            }
-        }
+        // A step's examples and the ones after the cursor are distinct: one epoch's order.
+        let missing = |i: &usize| self.reference_logps_missing(Split::Train, *i);
+        let mut wanted: Vec<usize> = micro_batches
+            .iter()
+            .flatten()
+            .copied()
+            .filter(missing)
+            .collect();
         if wanted.is_empty() {
             return Ok(());
         }
         let largest = micro_batches.iter().map(Vec::len).max().unwrap_or(1);
-        let batch = self.options.eval_batch_size.max(largest).max(1);
+        let batch = self.options.eval_batch_size.max(largest);
         // Fill the last batch with the examples this epoch takes next.
         let room = wanted.len().next_multiple_of(batch) - wanted.len();
-        let upcoming: Vec<usize> = self.progress.order[self.progress.cursor..]
+        let upcoming = self.progress.order[self.progress.cursor..]
             .iter()
             .copied()
-            .filter(|&i| self.reference_logps_missing(Split::Train, i) && !wanted.contains(&i))
-            .take(room)
-            .collect();
-        wanted.extend(upcoming);
+            .filter(missing);
+        wanted.extend(upcoming.take(room));
         self.score_reference(Split::Train, &wanted, batch).await
     }
 
