@@ -23,7 +23,15 @@ fn check(model: &str, lora: Option<LoraRequest>, trainable_layers: Option<usize>
         trainable_layers,
         ..OptionOverrides::default()
     };
-    let planned = planned_memory(Task::Dpo, &config, &overrides, lora.as_ref(), None).unwrap();
+    let planned = planned_memory(
+        Task::Dpo,
+        &config,
+        &overrides,
+        lora.as_ref(),
+        None,
+        &selected.device,
+    )
+    .unwrap();
     let spec = RunSpec {
         model: Some(bundle),
         rows: Some(read_jsonl(&fixtures().join("data.jsonl")).unwrap()),

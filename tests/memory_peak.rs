@@ -178,6 +178,7 @@ fn measure(case: &Case, selected: &SelectedDevice) -> Measured {
         &overrides,
         lora.as_ref(),
         reference.as_ref().map(|r| &r.config),
+        &selected.device,
     )
     .unwrap();
     let spec = RunSpec {

@@ -143,7 +143,18 @@ fn assert_same_metrics(alone: &Path, group: &Path, what: &str) {
             y.keys().collect::<Vec<_>>(),
             "{what}"
         );
+        // While the policy is still the reference (LoRA's first step), every margin is rounding
+        // noise (~1e-7) whose sign depends on how the rows were batched: the share of positive
+        // margins is then not a number two runs can agree on.
+        let noise = |r: &serde_json::Map<_, _>| r["rewards/margins"].as_f64().unwrap().abs() < 1e-5;
         for (key, v) in x {
+            if key == "rewards/accuracies"
+                && x.contains_key("rewards/margins")
+                && noise(x)
+                && noise(y)
+            {
+                continue;
+            }
             let (p, q) = (v.as_f64().unwrap(), y[key].as_f64().unwrap());
             assert!(
                 (p - q).abs() <= 1e-5 * p.abs().max(1.0),

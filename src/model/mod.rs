@@ -7,6 +7,8 @@ pub mod cache;
 pub mod config;
 pub mod generate;
 pub mod gpt2;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod label_logps;
 pub mod llama;
 pub mod lora;
 pub mod packing;

@@ -87,6 +87,85 @@ fn mean_logits(model: &CausalLm, hidden: Tensor<2>) -> Tensor<2> {
 /// binding limit we know of (lavapipe: 128 MiB) and bounds peak memory for big vocabularies.
 const MAX_LOGITS_ELEMENTS: usize = 16 * 1024 * 1024;
 
+/// How many `[tokens, vocab]` buffers a training step's scoring holds at once on `device` (the
+/// memory estimate's logits term): the logits and their gradient with the CPU backend's fused
+/// kernel (`label_logps.rs`); with burn's operations also the log-softmax's saved input.
+pub fn logits_buffers(device: &Device) -> u64 {
+    #[cfg(not(target_arch = "wasm32"))]
+    if super::label_logps::supported_on(device) {
+        return 2;
+    }
+    let _ = device;
+    3
+}
+
+/// Per scored token (`[n, 1]` each): log p(label), the only one with a gradient, and detached
+/// statistics.
+struct LabelStats {
+    picked: Tensor<2>,
+    /// x_label − max_v x_v (≥ 0 exactly when the label is a top-1 token).
+    shifted_label: Tensor<2>,
+    /// −Σ p log p, when asked for.
+    entropy: Option<Tensor<2>>,
+    /// log Σ_v p_v² (WPO), when asked for.
+    log_sum_sq: Option<Tensor<2>>,
+}
+
+/// [`LabelStats`] of `[n, vocab]` logits: one fused kernel on the CPU backend, burn's operations
+/// elsewhere (the same formulas; see `label_logps.rs`).
+fn label_stats(
+    logits: Tensor<2>,
+    labels: Tensor<2, Int>,
+    entropy: bool,
+    aligned: bool,
+) -> LabelStats {
+    #[cfg(not(target_arch = "wasm32"))]
+    if super::label_logps::supported_on(&logits.device()) {
+        let out = super::label_logps::label_log_softmax(logits, labels);
+        let column = |i: usize| out.clone().narrow(1, i, 1);
+        return LabelStats {
+            picked: column(0),
+            shifted_label: column(1).detach(),
+            entropy: entropy.then(|| column(3).detach()),
+            log_sum_sq: aligned.then(|| column(4).detach()),
+        };
+    }
+    label_stats_composed(logits, labels, entropy, aligned)
+}
+
+/// [`label_stats`] in burn's operations (any backend).
+fn label_stats_composed(
+    logits: Tensor<2>,
+    labels: Tensor<2, Int>,
+    entropy: bool,
+    aligned: bool,
+) -> LabelStats {
+    // log p(label) = (x_label − m) − log Σ_v exp(x_v − m), m the detached row max: the same
+    // operations as burn's `log_softmax` followed by the gather (so the same bits), without
+    // materializing `[tokens, vocab]` log-probs; the statistics reuse the exponentials and the
+    // shifted logits.
+    let max = logits.clone().detach().max_dim(1);
+    let shifted = logits - max;
+    let exps = shifted.clone().exp();
+    let sums = exps.clone().sum_dim(1);
+    let log_sums = sums.clone().log();
+    let shifted_label = shifted.clone().gather(1, labels);
+    let picked = shifted_label.clone() - log_sums.clone();
+    // Statistics only: computed off the autodiff graph.
+    let (exps, sums, log_sums) = (exps.detach(), sums.detach(), log_sums.detach());
+    // log Σ_v p_v² = log Σ_v exp(x_v − m)² − 2 log Σ_v exp(x_v − m).
+    let log_sum_sq = aligned
+        .then(|| (exps.clone() * exps.clone()).sum_dim(1).log() - log_sums.clone().mul_scalar(2.0));
+    // H = −Σ p log p = log Σ e − Σ e·(x − m) / Σ e, with e = exp(x − m).
+    let entropy = entropy.then(|| log_sums - (exps * shifted.detach()).sum_dim(1) / sums);
+    LabelStats {
+        picked,
+        shifted_label: shifted_label.detach(),
+        entropy,
+        log_sum_sq,
+    }
+}
+
 /// Sequence log-probs of the completions: the lm_head, log-softmax and gather run only on scored
 /// positions, in row chunks, so `[batch*seq, vocab]` logits are never built.
 pub fn score_completions(model: &CausalLm, batch: &ScoringBatch, device: &Device) -> RowScores {
@@ -180,31 +259,20 @@ pub fn score_completions_with(
         let len = chunk.min(n - start);
         let chunk_labels = labels.clone().narrow(0, start, len);
         let logits = selected.clone().narrow(0, start, len).matmul(head.clone());
-        // log p(label) = (x_label − m) − log Σ_v exp(x_v − m), m the detached row max: the
-        // same operations as burn's `log_softmax` followed by the gather (so the same bits),
-        // without materializing `[tokens, vocab]` log-probs; the statistics reuse the
-        // exponentials and the shifted logits.
-        let max = logits.clone().detach().max_dim(1);
-        let shifted = logits - max;
-        let exps = shifted.clone().exp();
-        let sums = exps.clone().sum_dim(1);
-        let log_sums = sums.clone().log();
-        let shifted_label = shifted.clone().gather(1, chunk_labels);
-        let picked = shifted_label.clone() - log_sums.clone();
-        token_logps.push(picked.clone());
-        // Statistics only: computed off the autodiff graph.
-        let (exps, sums, log_sums) = (exps.detach(), sums.detach(), log_sums.detach());
-        if options.aligned {
-            // log Σ_v p_v² = log Σ_v exp(x_v − m)² − 2 log Σ_v exp(x_v − m).
-            let log_sum_sq = (exps.clone() * exps.clone()).sum_dim(1).log();
-            aligned.push(picked.detach() - log_sum_sq + log_sums.clone().mul_scalar(2.0));
+        let stats = label_stats(
+            logits,
+            chunk_labels,
+            !options.log_probs_only,
+            options.aligned,
+        );
+        token_logps.push(stats.picked.clone());
+        if let Some(log_sum_sq) = stats.log_sum_sq {
+            aligned.push(stats.picked.detach() - log_sum_sq);
         }
         if !options.log_probs_only {
             // The label is the argmax when its logit is the row's maximum.
-            hits.push(shifted_label.detach().greater_equal_elem(0.0).float());
-            // H = −Σ p log p = log Σ e − Σ e·(x − m) / Σ e, with e = exp(x − m).
-            let weighted = (exps * shifted.detach()).sum_dim(1);
-            entropies.push(log_sums - weighted / sums);
+            hits.push(stats.shifted_label.greater_equal_elem(0.0).float());
+            entropies.extend(stats.entropy);
         }
         start += len;
     }
@@ -247,5 +315,64 @@ pub fn score_completions_with(
         top1_hits: per_row(hits),
         entropy_sums: per_row(entropies),
         position_logit_sums,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+
+    use super::{label_stats, label_stats_composed};
+
+    /// The CPU backend's fused kernel against burn's operations: every statistic and the
+    /// logits' gradient, on rows with a spread like a language model's (and a vocabulary that
+    /// is not a multiple of the kernel's lanes).
+    #[test]
+    fn the_fused_kernel_matches_the_composed_operations() {
+        let device = Device::flex().autodiff();
+        let (n, vocab) = (37, 1003);
+        let logits =
+            Tensor::<2>::random([n, vocab], Distribution::Normal(0.0, 4.0), &Device::flex());
+        let labels: Vec<i32> = (0..n as i32).map(|i| (i * 389) % vocab as i32).collect();
+        let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [n, 1]), &device);
+        let weights = Tensor::<2>::random([n, 1], Distribution::Uniform(-1.0, 1.0), &device);
+        let run = |fused: bool| {
+            let x = Tensor::<2>::from_data(logits.to_data(), &device).require_grad();
+            let stats = match fused {
+                true => label_stats(x.clone(), labels.clone(), true, true),
+                false => label_stats_composed(x.clone(), labels.clone(), true, true),
+            };
+            let grads = (stats.picked.clone() * weights.clone()).sum().backward();
+            let values = [
+                stats.picked,
+                stats.shifted_label,
+                stats.entropy.unwrap(),
+                stats.log_sum_sq.unwrap(),
+            ]
+            .map(|t| t.into_data().try_to_vec::<f32>().unwrap());
+            (
+                values,
+                x.grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap(),
+            )
+        };
+        let ((fused, fused_grad), (composed, composed_grad)) = (run(true), run(false));
+        for (what, (a, b)) in ["log p", "x − max", "entropy", "log Σp²"]
+            .iter()
+            .zip(fused.iter().zip(&composed))
+        {
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 2e-5 * y.abs().max(1.0),
+                    "{what}: {x} vs {y}"
+                );
+            }
+        }
+        for (x, y) in fused_grad.iter().zip(&composed_grad) {
+            assert!((x - y).abs() <= 1e-6, "gradient: {x} vs {y}");
+        }
     }
 }

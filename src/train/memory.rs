@@ -4,7 +4,7 @@
 //! (f32, as the run holds them); activations are an upper estimate of what one micro-batch's
 //! forward and backward pass hold at once. Checked against what runs allocate in
 //! `tests/memory_peak.rs`: the total bounds the CPU backend's measured peak from above (by
-//! 1.09–1.29× on small GPT-2, Llama and Qwen2 runs); wgpu holds exactly the weights, reference
+//! 1.09–1.31× on small GPT-2, Llama and Qwen2 runs); wgpu holds exactly the weights, reference
 //! and optimizer state between steps, and its pools, which reserve whole pages, reserved
 //! 0.93–1.28× the total there.
 
@@ -146,13 +146,16 @@ pub fn parameter_count(config: &ModelConfig) -> u64 {
 }
 
 /// The estimate for `task` on `config` with `options` (and `lora` adapters, or every weight),
-/// with an explicit reference model of `explicit_reference` parameters when the run has one.
+/// with an explicit reference model of `explicit_reference` parameters when the run has one, on
+/// a device whose scoring holds `logits_buffers` copies of the scored logits
+/// (`model::scoring::logits_buffers`).
 pub fn estimate(
     task: Task,
     config: &ModelConfig,
     options: &TrainOptions,
     lora: Option<&LoraSettings>,
     explicit_reference: Option<u64>,
+    logits_buffers: u64,
 ) -> MemoryEstimate {
     let s = shapes(config);
     let blocks = projections(config, &s);
@@ -220,8 +223,8 @@ pub fn estimate(
     // backend measurably holds (tests/memory_peak.rs).
     let per_token_block = 9 * s.hidden + 3 * s.kv_width + 6 * s.intermediate;
     let attention = 3 * s.heads * seq * seq;
-    // Scored positions' logits, log-softmax and its gradient, kept for backward.
-    let logits = tokens * s.vocab * 3;
+    // Scored positions' logits and what the backward keeps of them.
+    let logits = tokens * s.vocab * logits_buffers;
     let activations = F32
         * (s.layers * (tokens * per_token_block + sequences * attention)
             + tokens * s.hidden * 2

@@ -6,6 +6,8 @@ pub mod checkpoint;
 pub mod collective;
 pub mod demo;
 pub mod dpo;
+#[cfg(not(target_arch = "wasm32"))]
+mod fused_adamw;
 pub mod losses;
 pub mod memory;
 pub mod metrics;

@@ -85,46 +85,49 @@ impl Optimizer {
         let shaped = |t: Tensor<1>| t.reshape(shape.clone());
         let (updated, state) = match self.kind {
             OptimizerKind::AdamW => {
-                let beta_1 = self.settings.adam_beta1 as f32;
-                let beta_2 = self.settings.adam_beta2 as f32;
-                let epsilon = self.settings.adam_epsilon as f32;
-                let (factor_1, factor_2) = (1.0 - beta_1, 1.0 - beta_2);
-                let (time, moment_1, moment_2) = match state {
+                let (time, moments) = match state {
                     Some(ParamState {
                         time,
                         first: Some(m1),
                         second: Some(m2),
-                    }) => (
-                        time + 1,
-                        shaped(m1)
-                            .mul_scalar(beta_1)
-                            .add(grad.clone().mul_scalar(factor_1)),
-                        shaped(m2)
-                            .mul_scalar(beta_2)
-                            .add(grad.square().mul_scalar(factor_2)),
-                    ),
-                    _ => (
-                        1,
-                        grad.clone().mul_scalar(factor_1),
-                        grad.square().mul_scalar(factor_2),
-                    ),
+                    }) => (time + 1, Some((m1, m2))),
+                    _ => (1, None),
                 };
-                let t = time as i32;
-                let corrected_1 = moment_1.clone().div_scalar(1f32 - beta_1.powi(t));
-                let corrected_2 = moment_2.clone().div_scalar(1f32 - beta_2.powi(t));
-                let delta = corrected_1.div(corrected_2.sqrt().add_scalar(epsilon));
+                let (beta_1, beta_2) = (
+                    self.settings.adam_beta1 as f32,
+                    self.settings.adam_beta2 as f32,
+                );
                 let decay_rate = lr * weight_decay as f64;
-                let decayed = if decay_rate == 0.0 {
-                    tensor
-                } else {
-                    tensor.mul_scalar(1.0 - decay_rate)
+                let scalars = AdamWScalars {
+                    beta_1,
+                    beta_2,
+                    epsilon: self.settings.adam_epsilon as f32,
+                    correction_1: 1.0 - beta_1.powi(time as i32),
+                    correction_2: 1.0 - beta_2.powi(time as i32),
+                    lr: lr as f32,
+                    decay: (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32),
                 };
+                #[cfg(not(target_arch = "wasm32"))]
+                let (tensor, grad, moments) =
+                    match super::fused_adamw::adamw_step((tensor, grad, moments), &scalars) {
+                        Ok((updated, m1, m2)) => {
+                            let state = ParamState {
+                                time,
+                                first: Some(m1),
+                                second: Some(m2),
+                            };
+                            self.states.insert(id, state);
+                            return updated;
+                        }
+                        Err(inputs) => inputs,
+                    };
+                let (updated, m1, m2) = adamw_composed(tensor, grad, moments, &scalars);
                 let state = ParamState {
                     time,
-                    first: Some(moment_1.reshape([numel])),
-                    second: Some(moment_2.reshape([numel])),
+                    first: Some(m1),
+                    second: Some(m2),
                 };
-                (decayed - delta.mul_scalar(lr), state)
+                (updated, state)
             }
             OptimizerKind::Sgd => {
                 // torch's SGD weight decay adds wd·θ to the gradient.
@@ -230,6 +233,60 @@ impl Optimizer {
             .collect();
         Ok(())
     }
+}
+
+/// The scalars of one AdamW update of one parameter, in `f32` as the tensor operations use them.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWScalars {
+    pub beta_1: f32,
+    pub beta_2: f32,
+    pub epsilon: f32,
+    /// 1 − β₁ᵗ and 1 − β₂ᵗ.
+    pub correction_1: f32,
+    pub correction_2: f32,
+    pub lr: f32,
+    /// 1 − lr·weight_decay, or `None` without decay.
+    pub decay: Option<f32>,
+}
+
+/// burn 0.22's `AdamW::step` in tensor operations: the updated parameter and its moments
+/// (`moments` is `None` before the first step). `fused_adamw.rs` is the same arithmetic in one
+/// pass on the CPU backend.
+pub(super) fn adamw_composed<const D: usize>(
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    moments: Option<(Tensor<1>, Tensor<1>)>,
+    s: &AdamWScalars,
+) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
+    let shape = tensor.shape();
+    let numel = shape.num_elements();
+    let (factor_1, factor_2) = (1.0 - s.beta_1, 1.0 - s.beta_2);
+    let (moment_1, moment_2) = match moments {
+        Some((m1, m2)) => (
+            m1.reshape(shape.clone())
+                .mul_scalar(s.beta_1)
+                .add(grad.clone().mul_scalar(factor_1)),
+            m2.reshape(shape.clone())
+                .mul_scalar(s.beta_2)
+                .add(grad.square().mul_scalar(factor_2)),
+        ),
+        None => (
+            grad.clone().mul_scalar(factor_1),
+            grad.square().mul_scalar(factor_2),
+        ),
+    };
+    let corrected_1 = moment_1.clone().div_scalar(s.correction_1);
+    let corrected_2 = moment_2.clone().div_scalar(s.correction_2);
+    let delta = corrected_1.div(corrected_2.sqrt().add_scalar(s.epsilon));
+    let decayed = match s.decay {
+        Some(factor) => tensor.mul_scalar(factor),
+        None => tensor,
+    };
+    (
+        decayed - delta.mul_scalar(s.lr),
+        moment_1.reshape([numel]),
+        moment_2.reshape([numel]),
+    )
 }
 
 /// Walks a module's parameters, updating those that have a gradient.

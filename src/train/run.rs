@@ -12,6 +12,7 @@
 //! and present what comes back.
 
 use burn::module::Module;
+use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -30,6 +31,7 @@ use crate::io::peft::{self, AdapterFiles};
 use crate::model::CausalLm;
 use crate::model::config::{Family, ModelConfig};
 use crate::model::lora::{self, LoraSettings};
+use crate::model::scoring::logits_buffers;
 use crate::model::weights::WithParamIds;
 use crate::text::collate::TruncationMode;
 use crate::text::rows::Jsonl;
@@ -100,13 +102,15 @@ pub fn check_settings(
 /// What a fresh run of `task` on a model with `config` will hold on the device, worked out before
 /// its weights are loaded (the browser refuses a run that cannot fit). Options as `Run::new`
 /// resolves them for a fresh run: the task's defaults, `overrides`, `max_length` fitted to the
-/// model's positions (`fresh_options`). `reference` is the config of an explicit reference model.
+/// model's positions (`fresh_options`). `reference` is the config of an explicit reference model;
+/// `device` the one the run will train on.
 pub fn planned_memory(
     task: Task,
     config: &ModelConfig,
     overrides: &OptionOverrides,
     lora: Option<&LoraRequest>,
     reference: Option<&ModelConfig>,
+    device: &Device,
 ) -> Result<MemoryEstimate> {
     let (options, _) = fresh_options(task, false, overrides, config)?;
     let lora = lora.map(|r| LoraSettings::new(r.rank, r.alpha, r.targets.clone(), config.family()));
@@ -116,6 +120,7 @@ pub fn planned_memory(
         &options,
         lora.as_ref(),
         reference.map(memory::parameter_count),
+        logits_buffers(device),
     ))
 }
 
@@ -572,6 +577,7 @@ impl Run {
                         .map(|p| p.numel() as u64)
                         .sum()
                 }),
+                logits_buffers(&device.device),
             ),
             resumed: None,
         };

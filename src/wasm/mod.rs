@@ -224,6 +224,7 @@ impl Trainer {
                         &options.settings,
                         options.lora().as_ref(),
                         reference_config.as_ref(),
+                        &selected.device,
                     )
                     .and_then(|estimate| {
                         estimate.check(&options.memory_limits)?;
