@@ -163,7 +163,7 @@ impl Llama {
             x = x.clone().mask_where(is_pad, x.detach());
         }
         for (index, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(x.clone());
+            let h = rms_norm(&layer.input_layernorm, x.clone());
             let q = split_heads(layout.to_grid(layer.q_proj.forward(h.clone())), heads);
             let k = split_heads(layout.to_grid(layer.k_proj.forward(h.clone())), kv_heads);
             let v = split_heads(layout.to_grid(layer.v_proj.forward(h)), kv_heads);
@@ -179,12 +179,12 @@ impl Llama {
             };
             let attn = scaled_dot_product(q, k, v, mask, scale, attn_p);
             x = x + layer.o_proj.forward(layout.from_grid(merge_heads(attn)));
-            let h = layer.post_attention_layernorm.forward(x.clone());
-            let gated = silu(layer.gate_proj.forward(h.clone())) * layer.up_proj.forward(h);
+            let h = rms_norm(&layer.post_attention_layernorm, x.clone());
+            let gated = swiglu(layer.gate_proj.forward(h.clone()), layer.up_proj.forward(h));
             x = x + layer.down_proj.forward(gated);
         }
         cache.advance(seq);
-        self.norm.forward(x)
+        rms_norm(&self.norm, x)
     }
 
     pub fn layers(&self) -> usize {
@@ -337,4 +337,22 @@ fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
     x.unsqueeze_dim::<5>(2)
         .expand([batch, kv_heads, n_rep, seq, d])
         .reshape([batch, kv_heads * n_rep, seq, d])
+}
+
+/// silu(`gate`) · `up`: one kernel on the CPU backend, burn's operations elsewhere.
+fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if super::cpu_kernels::supported_on(&gate.device()) {
+        return super::cpu_kernels::swiglu::swiglu(gate, up);
+    }
+    silu(gate) * up
+}
+
+/// `norm.forward(x)`: one kernel on the CPU backend, burn's operations elsewhere.
+fn rms_norm(norm: &RmsNorm, x: Tensor<3>) -> Tensor<3> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if super::cpu_kernels::supported_on(&x.device()) {
+        return super::cpu_kernels::rms_norm::rms_norm(norm, x);
+    }
+    norm.forward(x)
 }

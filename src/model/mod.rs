@@ -5,10 +5,10 @@
 pub mod attention;
 pub mod cache;
 pub mod config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cpu_kernels;
 pub mod generate;
 pub mod gpt2;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod label_logps;
 pub mod llama;
 pub mod lora;
 pub mod packing;
@@ -26,6 +26,26 @@ use config::{Architecture, ModelConfig};
 use lora::Projection;
 use packing::{Layout, Packing};
 use weights::{HostTensor, WeightSource};
+
+/// How a device computes the operations that have a fused kernel (the label's log-softmax,
+/// SwiGLU, RMSNorm): with `cpu_kernels` on the CPU backend, with burn's operations elsewhere. The
+/// memory estimate depends on it (the kernels keep less for the backward pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    Composed,
+    Cpu,
+}
+
+impl Kernels {
+    pub fn on(device: &Device) -> Self {
+        #[cfg(not(target_arch = "wasm32"))]
+        if cpu_kernels::supported_on(device) {
+            return Self::Cpu;
+        }
+        let _ = device;
+        Self::Composed
+    }
+}
 
 /// A causal language model of any supported family (Qwen2 is the Llama type with q/k/v biases).
 #[derive(Module, Debug)]

@@ -87,18 +87,6 @@ fn mean_logits(model: &CausalLm, hidden: Tensor<2>) -> Tensor<2> {
 /// binding limit we know of (lavapipe: 128 MiB) and bounds peak memory for big vocabularies.
 const MAX_LOGITS_ELEMENTS: usize = 16 * 1024 * 1024;
 
-/// How many `[tokens, vocab]` buffers a training step's scoring holds at once on `device` (the
-/// memory estimate's logits term): the logits and their gradient with the CPU backend's fused
-/// kernel (`label_logps.rs`); with burn's operations also the log-softmax's saved input.
-pub fn logits_buffers(device: &Device) -> u64 {
-    #[cfg(not(target_arch = "wasm32"))]
-    if super::label_logps::supported_on(device) {
-        return 2;
-    }
-    let _ = device;
-    3
-}
-
 /// Per scored token (`[n, 1]` each): log p(label), the only one with a gradient, and detached
 /// statistics.
 struct LabelStats {
@@ -112,7 +100,7 @@ struct LabelStats {
 }
 
 /// [`LabelStats`] of `[n, vocab]` logits: one fused kernel on the CPU backend, burn's operations
-/// elsewhere (the same formulas; see `label_logps.rs`).
+/// elsewhere (the same formulas; see `cpu_kernels/label_log_softmax.rs`).
 fn label_stats(
     logits: Tensor<2>,
     labels: Tensor<2, Int>,
@@ -120,8 +108,8 @@ fn label_stats(
     aligned: bool,
 ) -> LabelStats {
     #[cfg(not(target_arch = "wasm32"))]
-    if super::label_logps::supported_on(&logits.device()) {
-        let out = super::label_logps::label_log_softmax(logits, labels);
+    if super::cpu_kernels::supported_on(&logits.device()) {
+        let out = super::cpu_kernels::label_log_softmax::label_log_softmax(logits, labels);
         let column = |i: usize| out.clone().narrow(1, i, 1);
         return LabelStats {
             picked: column(0),

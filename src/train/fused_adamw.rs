@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::optimizer::AdamWScalars;
-use crate::model::label_logps::supported_on;
+use crate::model::cpu_kernels::supported_on;
 
 /// A parameter, its gradient and its moments (`None` before the first step).
 pub type AdamWInputs<const D: usize> = (Tensor<D>, Tensor<D>, Option<(Tensor<1>, Tensor<1>)>);

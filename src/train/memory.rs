@@ -4,7 +4,7 @@
 //! (f32, as the run holds them); activations are an upper estimate of what one micro-batch's
 //! forward and backward pass hold at once. Checked against what runs allocate in
 //! `tests/memory_peak.rs`: the total bounds the CPU backend's measured peak from above (by
-//! 1.09–1.31× on small GPT-2, Llama and Qwen2 runs); wgpu holds exactly the weights, reference
+//! 1.07–1.32× on small GPT-2, Llama and Qwen2 runs); wgpu holds exactly the weights, reference
 //! and optimizer state between steps, and its pools, which reserve whole pages, reserved
 //! 0.93–1.28× the total there.
 
@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::optim::OptimizerKind;
 use super::options::{Task, TrainOptions};
 use crate::error::{Error, Result};
+use crate::model::Kernels;
 use crate::model::config::{Architecture, ModelConfig};
 use crate::model::lora::LoraSettings;
 
@@ -147,15 +148,14 @@ pub fn parameter_count(config: &ModelConfig) -> u64 {
 
 /// The estimate for `task` on `config` with `options` (and `lora` adapters, or every weight),
 /// with an explicit reference model of `explicit_reference` parameters when the run has one, on
-/// a device whose scoring holds `logits_buffers` copies of the scored logits
-/// (`model::scoring::logits_buffers`).
+/// a device that runs `kernels`.
 pub fn estimate(
     task: Task,
     config: &ModelConfig,
     options: &TrainOptions,
     lora: Option<&LoraSettings>,
     explicit_reference: Option<u64>,
-    logits_buffers: u64,
+    kernels: Kernels,
 ) -> MemoryEstimate {
     let s = shapes(config);
     let blocks = projections(config, &s);
@@ -221,10 +221,21 @@ pub fn estimate(
     // of one block during backward; per sequence and block: attention scores, probabilities
     // and their gradient (seq²·heads, three times). The coefficients bound what the CPU
     // backend measurably holds (tests/memory_peak.rs).
-    let per_token_block = 9 * s.hidden + 3 * s.kv_width + 6 * s.intermediate;
+    // The CPU kernels' SwiGLU keeps its two inputs where burn's operations keep four tensors
+    // (Llama, Qwen2; GPT-2's MLP has no such kernel).
+    let intermediate_copies = match (kernels, &config.architecture) {
+        (Kernels::Cpu, Architecture::Llama(_) | Architecture::Qwen2(_)) => 4,
+        _ => 6,
+    };
+    let per_token_block = 9 * s.hidden + 3 * s.kv_width + intermediate_copies * s.intermediate;
     let attention = 3 * s.heads * seq * seq;
-    // Scored positions' logits and what the backward keeps of them.
-    let logits = tokens * s.vocab * logits_buffers;
+    // Scored positions' logits and what the backward keeps of them: their gradient, and with
+    // burn's operations the log-softmax's saved input.
+    let logits_copies = match kernels {
+        Kernels::Cpu => 2,
+        Kernels::Composed => 3,
+    };
+    let logits = tokens * s.vocab * logits_copies;
     let activations = F32
         * (s.layers * (tokens * per_token_block + sequences * attention)
             + tokens * s.hidden * 2

@@ -28,11 +28,10 @@ use crate::backend::SelectedDevice;
 use crate::error::{Error, Result};
 use crate::io::bundle::{ExportSpec, ExportedFiles, ModelBundle};
 use crate::io::peft::{self, AdapterFiles};
-use crate::model::CausalLm;
 use crate::model::config::{Family, ModelConfig};
 use crate::model::lora::{self, LoraSettings};
-use crate::model::scoring::logits_buffers;
 use crate::model::weights::WithParamIds;
+use crate::model::{CausalLm, Kernels};
 use crate::text::collate::TruncationMode;
 use crate::text::rows::Jsonl;
 use crate::text::tokenize::{tokenize_pairs, tokenize_sft, tokenize_split_pairs};
@@ -120,7 +119,7 @@ pub fn planned_memory(
         &options,
         lora.as_ref(),
         reference.map(memory::parameter_count),
-        logits_buffers(device),
+        Kernels::on(device),
     ))
 }
 
@@ -577,7 +576,7 @@ impl Run {
                         .map(|p| p.numel() as u64)
                         .sum()
                 }),
-                logits_buffers(&device.device),
+                Kernels::on(&device.device),
             ),
             resumed: None,
         };

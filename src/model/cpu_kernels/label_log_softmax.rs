@@ -21,9 +21,11 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Autodiff, Backend, DispatchDevice, Flex, backend_extension};
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::backend::{Autodiff, Backend, Flex, backend_extension};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
+
+use super::{LANES, contiguous_f32, exp_nonpositive};
 
 /// Columns of [`label_log_softmax`]'s output.
 pub const COLUMNS: usize = 5;
@@ -34,16 +36,7 @@ pub trait LabelLogSoftmax: Backend {
     fn label_log_softmax(logits: FloatTensor<Self>, labels: IntTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// Whether tensors on `device` run on the CPU backend, where [`label_log_softmax`] applies.
-pub fn supported_on(device: &Device) -> bool {
-    match device.as_dispatch() {
-        DispatchDevice::Flex(_) => true,
-        DispatchDevice::Autodiff(inner) => matches!(**inner, DispatchDevice::Flex(_)),
-        _ => false,
-    }
-}
-
-/// [`LabelLogSoftmax::label_log_softmax`] on the tensor API; only where [`supported_on`].
+/// [`LabelLogSoftmax::label_log_softmax`] on the tensor API; only where [`super::supported_on`].
 pub fn label_log_softmax(logits: Tensor<2>, labels: Tensor<2, Int>) -> Tensor<2> {
     Tensor::from_dispatch(
         <burn::backend::Dispatch as LabelLogSoftmax>::label_log_softmax(
@@ -85,19 +78,6 @@ impl<C: CheckpointStrategy> LabelLogSoftmax for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => prep.finish((logits.into_primitive(), labels, lse), output),
             OpsKind::UnTracked(prep) => prep.finish(output),
         }
-    }
-}
-
-/// A tensor's elements as a contiguous `f32` slice (copied only when it is a strided view).
-fn contiguous_f32(tensor: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    match tensor.as_slice::<f32>() {
-        Some(slice) => slice.into(),
-        None => tensor
-            .to_contiguous()
-            .as_slice::<f32>()
-            .expect("a contiguous f32 tensor")
-            .to_vec()
-            .into(),
     }
 }
 
@@ -196,10 +176,6 @@ unsafe fn row_stats_avx2(row: &[f32]) -> RowStats {
     row_stats_portable(row)
 }
 
-/// Lanes of the vectorized loops: independent accumulators that the compiler maps onto SIMD
-/// registers (a single float accumulator cannot be vectorized without reordering the sum).
-const LANES: usize = 16;
-
 #[inline(always)]
 fn row_stats_portable(row: &[f32]) -> RowStats {
     let (chunks, tail) = row.as_chunks::<LANES>();
@@ -278,48 +254,9 @@ fn softmax_times_portable(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) {
     }
 }
 
-/// e^x for x ≤ 0 (a logit minus its row's max or log-sum-exp), written so that it vectorizes:
-/// Cephes' `expf` (x = n ln 2 + r, |r| ≤ ln 2 / 2, a degree-6 polynomial for e^r, 2^n from the
-/// exponent bits), within 2 ulp of libm. Below −87.3 it returns ~1e-38 instead of a subnormal
-/// or zero (a difference far below a sum's rounding); NaN stays NaN.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding 1.5·2²³ rounds to an integer in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    let x = if x < -87.3 { -87.3 } else { x };
-    let t = x * LOG2_E + ROUND;
-    let n = t - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 5.000_000_1e-1;
-    let e = p * r * r + r + 1.0;
-    // n = the low bits of t's mantissa (two's complement within the 2²² offset).
-    let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    e * f32::from_bits(((n + 127) as u32) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_matches_libm_within_two_ulp() {
-        let mut worst = 0i32;
-        let mut x = -87.0f32;
-        while x <= 0.0 {
-            let (ours, libm) = (exp_nonpositive(x), x.exp());
-            worst = worst.max((ours.to_bits() as i32 - libm.to_bits() as i32).abs());
-            x += 0.000_37;
-        }
-        assert!(worst <= 2, "{worst} ulp");
-        assert!(exp_nonpositive(f32::NAN).is_nan());
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-    }
 
     #[test]
     fn row_stats_propagate_nan() {
