@@ -108,12 +108,22 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     x.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
 }
 
-/// GELU with the tanh approximation (`gelu_new` in transformers).
+/// GELU with the tanh approximation (`gelu_new` in transformers): one kernel on the CPU backend
+/// (`cpu_kernels/gelu.rs`), burn's operations elsewhere.
 ///
 /// The tanh argument is clamped: tanh(±10) is ±1 in f32 already, and WebGPU on SwiftShader
 /// returns NaN for tanh of large arguments. The cube is a product, not `powf`, which is NaN for
 /// negative bases on some GPU backends.
 pub fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if super::cpu_kernels::supported_on(&x.device()) {
+        return super::cpu_kernels::gelu::gelu_tanh(x);
+    }
+    gelu_tanh_composed(x)
+}
+
+/// [`gelu_tanh`] in burn's operations (any backend).
+pub fn gelu_tanh_composed(x: Tensor<3>) -> Tensor<3> {
     const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
     let cube = x.clone() * x.clone() * x.clone();
     let inner = (x.clone() + cube.mul_scalar(0.044715)).mul_scalar(SQRT_2_OVER_PI);

@@ -28,7 +28,7 @@ use packing::{Layout, Packing};
 use weights::{HostTensor, WeightSource};
 
 /// How a device computes the operations that have a fused kernel (the label's log-softmax,
-/// SwiGLU, RMSNorm): with `cpu_kernels` on the CPU backend, with burn's operations elsewhere. The
+/// SwiGLU, RMSNorm, GPT-2's GELU): with `cpu_kernels` on the CPU backend, with burn's operations elsewhere. The
 /// memory estimate depends on it (the kernels keep less for the backward pass).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {

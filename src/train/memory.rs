@@ -221,11 +221,12 @@ pub fn estimate(
     // of one block during backward; per sequence and block: attention scores, probabilities
     // and their gradient (seq²·heads, three times). The coefficients bound what the CPU
     // backend measurably holds (tests/memory_peak.rs).
-    // The CPU kernels' SwiGLU keeps its two inputs where burn's operations keep four tensors
-    // (Llama, Qwen2; GPT-2's MLP has no such kernel).
+    // The CPU kernels' SwiGLU keeps its two inputs and their GELU its one where burn's
+    // operations keep several intermediate tensors.
     let intermediate_copies = match (kernels, &config.architecture) {
+        (Kernels::Composed, _) => 6,
         (Kernels::Cpu, Architecture::Llama(_) | Architecture::Qwen2(_)) => 4,
-        _ => 6,
+        (Kernels::Cpu, Architecture::Gpt2(_)) => 3,
     };
     let per_token_block = 9 * s.hidden + 3 * s.kv_width + intermediate_copies * s.intermediate;
     let attention = 3 * s.heads * seq * seq;

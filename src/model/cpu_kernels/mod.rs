@@ -12,6 +12,7 @@
 //! keeps what the gradient needs), a tensor-API wrapper, and a test against the composed
 //! operations (values and gradients).
 
+pub mod gelu;
 pub mod label_log_softmax;
 pub mod rms_norm;
 pub mod swiglu;
