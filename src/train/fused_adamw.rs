@@ -6,7 +6,7 @@
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::optimizer::AdamWScalars;
@@ -16,7 +16,8 @@ use crate::model::cpu_kernels::supported_on;
 pub type AdamWInputs<const D: usize> = (Tensor<D>, Tensor<D>, Option<(Tensor<1>, Tensor<1>)>);
 
 /// The updated parameter and moments, or the inputs back when this path does not apply (another
-/// backend, or a parameter or gradient that is a strided view, e.g. a transposed projection).
+/// backend, not f32, or a parameter or gradient that is a strided view, e.g. a transposed
+/// projection).
 pub fn adamw_step<const D: usize>(
     (param, grad, moments): AdamWInputs<D>,
     s: &AdamWScalars,
@@ -28,7 +29,9 @@ pub fn adamw_step<const D: usize>(
     }
     let (mut p, g) = (flex(param), flex(grad));
     let dense = |t: &FlexTensor| {
-        t.layout().contiguous_offsets() == Some((0, numel)) && t.storage::<f32>().len() == numel
+        t.dtype() == DType::F32
+            && t.layout().contiguous_offsets() == Some((0, numel))
+            && t.storage::<f32>().len() == numel
     };
     let moments = moments.map(|(m1, m2)| (flex(m1), flex(m2)));
     let moments_dense = moments
