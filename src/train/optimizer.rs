@@ -107,21 +107,14 @@ impl Optimizer {
                     lr: lr as f32,
                     decay: (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32),
                 };
+                // One pass on the CPU backend, tensor operations elsewhere (the same bits).
                 #[cfg(not(target_arch = "wasm32"))]
-                let (tensor, grad, moments) =
-                    match super::fused_adamw::adamw_step((tensor, grad, moments), &scalars) {
-                        Ok((updated, m1, m2)) => {
-                            let state = ParamState {
-                                time,
-                                first: Some(m1),
-                                second: Some(m2),
-                            };
-                            self.states.insert(id, state);
-                            return updated;
-                        }
-                        Err(inputs) => inputs,
-                    };
-                let (updated, m1, m2) = adamw_composed(tensor, grad, moments, &scalars);
+                let fused = super::fused_adamw::adamw_step((tensor, grad, moments), &scalars);
+                #[cfg(target_arch = "wasm32")]
+                let fused = Err((tensor, grad, moments));
+                let (updated, m1, m2) = fused.unwrap_or_else(|(tensor, grad, moments)| {
+                    adamw_composed(tensor, grad, moments, &scalars)
+                });
                 let state = ParamState {
                     time,
                     first: Some(m1),

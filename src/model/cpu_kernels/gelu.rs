@@ -16,7 +16,7 @@ use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, exp_nonpositive};
+use super::{avx2_dispatch, contiguous_f32, exp_nonpositive};
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const CUBIC: f32 = 0.044_715;
@@ -86,19 +86,8 @@ fn map(x: &FlexTensor, dy: Option<&FlexTensor>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
 }
 
-fn chunk(out: &mut [f32], x: &[f32], dy: Option<&[f32]>) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { chunk_avx2(out, x, dy) };
-    }
-    chunk_portable(out, x, dy)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn chunk_avx2(out: &mut [f32], x: &[f32], dy: Option<&[f32]>) {
-    chunk_portable(out, x, dy)
+avx2_dispatch! {
+    fn chunk(out: &mut [f32], x: &[f32], dy: Option<&[f32]>) = chunk_portable;
 }
 
 #[inline(always)]
@@ -159,13 +148,6 @@ mod tests {
             [host(y), host(x.grad(&grads).unwrap())]
         };
         let (fused, composed) = (run(true), run(false));
-        for (what, (a, b)) in ["value", "∂x"].iter().zip(fused.iter().zip(&composed)) {
-            for (x, y) in a.iter().zip(b) {
-                assert!(
-                    (x - y).abs() <= 2e-6 * y.abs().max(1.0),
-                    "{what}: {x} vs {y}"
-                );
-            }
-        }
+        super::super::assert_all_close(&["value", "∂x"], &fused, &composed, 2e-6);
     }
 }

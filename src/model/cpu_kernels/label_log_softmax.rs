@@ -25,7 +25,7 @@ use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{LANES, contiguous_f32, exp_nonpositive};
+use super::{LANES, avx2_dispatch, contiguous_f32, exp_nonpositive};
 
 /// Columns of [`label_log_softmax`]'s output.
 pub const COLUMNS: usize = 5;
@@ -161,19 +161,8 @@ struct RowStats {
     weighted: f32,
 }
 
-fn row_stats(row: &[f32]) -> RowStats {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { row_stats_avx2(row) };
-    }
-    row_stats_portable(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn row_stats_avx2(row: &[f32]) -> RowStats {
-    row_stats_portable(row)
+avx2_dispatch! {
+    fn row_stats(row: &[f32]) -> RowStats = row_stats_portable;
 }
 
 #[inline(always)]
@@ -231,20 +220,9 @@ fn row_stats_portable(row: &[f32]) -> RowStats {
     }
 }
 
-/// `out_v = scale · exp(x_v − lse)`.
-fn softmax_times(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { softmax_times_avx2(row, lse, scale, out) };
-    }
-    softmax_times_portable(row, lse, scale, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn softmax_times_avx2(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) {
-    softmax_times_portable(row, lse, scale, out)
+avx2_dispatch! {
+    /// `out_v = scale · exp(x_v − lse)`.
+    fn softmax_times(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) = softmax_times_portable;
 }
 
 #[inline(always)]

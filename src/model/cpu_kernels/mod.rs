@@ -47,6 +47,28 @@ fn contiguous_f32(tensor: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
 /// registers (a single float accumulator cannot be vectorized without reordering the sum).
 const LANES: usize = 16;
 
+/// `fn name(args) -> R` that runs `portable(args)` compiled for AVX2 when the CPU has it (chosen
+/// at run time: the crate's baseline is SSE2, where the compiler vectorizes 4 lanes wide at most),
+/// as is otherwise. `portable` is `#[inline(always)]` so that it is compiled into both.
+macro_rules! avx2_dispatch {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $portable:ident;) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $portable($($arg),*)
+                }
+                // SAFETY: the CPU has AVX2 (checked just above).
+                return unsafe { avx2($($arg),*) };
+            }
+            $portable($($arg),*)
+        }
+    };
+}
+use avx2_dispatch;
+
 /// e^x for x ≤ 0 (a logit minus its row's max, −|x| for a sigmoid), written so that it
 /// vectorizes: Cephes' `expf` (x = n ln 2 + r, |r| ≤ ln 2 / 2, a degree-6 polynomial for e^r, 2^n
 /// from the exponent bits), within 2 ulp of libm. Below −87.3 it returns ~1e-38 instead of a
@@ -70,6 +92,21 @@ fn exp_nonpositive(x: f32) -> f32 {
     // n = the low bits of t's mantissa (two's complement within the 2²² offset).
     let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     e * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// Tests: every value of each of `fused`'s outputs within `rel` (relative to max(1, |x|)) of
+/// `composed`'s, named by `what`.
+#[cfg(test)]
+fn assert_all_close(what: &[&str], fused: &[Vec<f32>], composed: &[Vec<f32>], rel: f32) {
+    for ((what, a), b) in what.iter().zip(fused).zip(composed) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= rel * y.abs().max(1.0),
+                "{what}: {x} vs {y}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -184,16 +184,6 @@ mod tests {
             ]
         };
         let (fused, composed) = (run(true), run(false));
-        for (what, (a, b)) in ["value", "∂x", "∂γ"]
-            .iter()
-            .zip(fused.iter().zip(&composed))
-        {
-            for (x, y) in a.iter().zip(b) {
-                assert!(
-                    (x - y).abs() <= 1e-5 * y.abs().max(1.0),
-                    "{what}: {x} vs {y}"
-                );
-            }
-        }
+        super::super::assert_all_close(&["value", "∂x", "∂γ"], &fused, &composed, 1e-5);
     }
 }

@@ -14,7 +14,7 @@ use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, exp_nonpositive};
+use super::{avx2_dispatch, contiguous_f32, exp_nonpositive};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait SwiGlu: Backend {
@@ -95,19 +95,8 @@ fn forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
     output_like(gate, out)
 }
 
-fn forward_chunk(out: &mut [f32], g: &[f32], u: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { forward_chunk_avx2(out, g, u) };
-    }
-    forward_chunk_portable(out, g, u)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn forward_chunk_avx2(out: &mut [f32], g: &[f32], u: &[f32]) {
-    forward_chunk_portable(out, g, u)
+avx2_dispatch! {
+    fn forward_chunk(out: &mut [f32], g: &[f32], u: &[f32]) = forward_chunk_portable;
 }
 
 #[inline(always)]
@@ -138,19 +127,8 @@ fn gradient(gate: &FlexTensor, up: &FlexTensor, grad: &FlexTensor, wrt: Wrt) -> 
     output_like(gate, out)
 }
 
-fn gradient_chunk(out: &mut [f32], g: &[f32], u: &[f32], grad: &[f32], wrt: Wrt) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { gradient_chunk_avx2(out, g, u, grad, wrt) };
-    }
-    gradient_chunk_portable(out, g, u, grad, wrt)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn gradient_chunk_avx2(out: &mut [f32], g: &[f32], u: &[f32], grad: &[f32], wrt: Wrt) {
-    gradient_chunk_portable(out, g, u, grad, wrt)
+avx2_dispatch! {
+    fn gradient_chunk(out: &mut [f32], g: &[f32], u: &[f32], grad: &[f32], wrt: Wrt) = gradient_chunk_portable;
 }
 
 #[inline(always)]
@@ -194,16 +172,6 @@ mod tests {
             [out, g.grad(&grads).unwrap(), u.grad(&grads).unwrap()].map(host)
         };
         let (fused, composed) = (run(true), run(false));
-        for (what, (a, b)) in ["value", "∂gate", "∂up"]
-            .iter()
-            .zip(fused.iter().zip(&composed))
-        {
-            for (x, y) in a.iter().zip(b) {
-                assert!(
-                    (x - y).abs() <= 2e-6 * y.abs().max(1.0),
-                    "{what}: {x} vs {y}"
-                );
-            }
-        }
+        super::super::assert_all_close(&["value", "∂gate", "∂up"], &fused, &composed, 2e-6);
     }
 }
