@@ -184,15 +184,27 @@ def token_parameters(model_path: Path) -> int:
 # ------------------------------------------------------------------------------------------------
 # The two sides.
 
+# Starts the command and reports its peak RSS (KiB) in the file named first. A process's peak RSS
+# starts at its parent's RSS at the fork (Linux keeps the high-water mark across exec), so the
+# command is forked from this small interpreter, not from the orchestrator, which holds torch.
+RSS_PROBE = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(cmd, env=None, cwd=None) -> tuple[int, float, str]:
     """Runs `cmd`; returns (exit code, its peak RSS in MiB, its stderr's tail)."""
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
+        code = subprocess.run([sys.executable, "-c", RSS_PROBE, rss.name, *map(str, cmd)], env=env,
+                              cwd=cwd, stdout=subprocess.DEVNULL, stderr=err).returncode
         err.seek(0)
         tail = err.read().decode(errors="replace")[-3000:]
-    return proc.returncode, usage.ru_maxrss / 1024, tail
+        peak_kib = int(rss.read() or 0)
+    return code, peak_kib / 1024, tail
 
 
 def ours(bin_path: Path, workload: str, model: Path, data: Path, steps: int, backend: str,

@@ -221,22 +221,36 @@ pub struct LowRank {
     pub scale: f64,
 }
 
+/// `x · w`: one gemm call each way on the CPU backend (`cpu_kernels/linear.rs`), burn's matmul
+/// elsewhere.
+pub(super) fn product(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if super::cpu_kernels::supported_on(&x.device()) {
+        return super::cpu_kernels::linear::linear_product(x, w);
+    }
+    x.matmul(w)
+}
+
 impl Projection {
     pub fn new(linear: Linear) -> Self {
         Self { linear, lora: None }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        // Rows in, rows out: burn's `linear` reshapes the weight to the input's rank, which
-        // copies a weight kept as a transposed view (`WeightSource::projection_weight`) on
-        // every call.
+        // Rows in, rows out: a product of matrices takes the weight as it is kept, a transposed
+        // view included (`WeightSource::projection_weight`), where burn's `linear` would reshape
+        // it to the input's rank and copy it on every call.
         let mut dims = x.dims();
         let d_in = dims[D - 1];
         let x: Tensor<2> = x.reshape([dims.iter().product::<usize>() / d_in, d_in]);
-        let y = self.linear.forward(x.clone());
+        let y = product(x.clone(), self.linear.weight.val());
+        let y = match &self.linear.bias {
+            Some(bias) => y + bias.val().unsqueeze(),
+            None => y,
+        };
         let y = match &self.lora {
             None => y,
-            Some(l) => y + x.matmul(l.a.val()).matmul(l.b.val()).mul_scalar(l.scale),
+            Some(l) => y + product(product(x, l.a.val()), l.b.val()).mul_scalar(l.scale),
         };
         dims[D - 1] = y.dims()[1];
         y.reshape(dims)

@@ -14,6 +14,7 @@
 
 pub mod gelu;
 pub mod label_log_softmax;
+pub mod linear;
 pub mod rms_norm;
 pub mod swiglu;
 
