@@ -4,7 +4,7 @@
 //! operand has. Here: the output is written once; a product whose right operand is a transposed
 //! view (dX = dY·Wᵀ for a weight kept `[in, out]`) is computed column by column, where gemm packs
 //! that operand with vector loads instead of one float at a time (measured at 115 rows × 576 →
-//! 576: 130 → 230 GFLOP/s), and transposed back. Measured with bench/vs_trl.py: W2 step −6 %,
+//! 576: 130 → 230 GFLOP/s), and transposed back. Measured with bench/vs_trl.py: W2 step −12 %,
 //! W1 −15 % (its head is a third of its multiply-adds).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -15,6 +15,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait LinearKernel: Backend {
@@ -185,19 +186,25 @@ fn product(lhs: &Operand, rhs: &Operand) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(out, [m, n]))
 }
 
-/// A row-major `[rows, cols]` matrix as row-major `[cols, rows]`, in tiles that stay in cache.
+/// A row-major `[rows, cols]` matrix as row-major `[cols, rows]`: blocks of output rows on
+/// every core, each filled a tile at a time (contiguous writes, reads within cache).
 fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
+    const TILE: usize = 16;
     let mut out = vec![0f32; rows * cols];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = data[r * cols + c];
+    out.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let c0 = block * TILE;
+            for r0 in (0..rows).step_by(TILE) {
+                let r1 = (r0 + TILE).min(rows);
+                for (c, out_row) in out.chunks_exact_mut(rows).enumerate() {
+                    let column = &data[r0 * cols + c0 + c..];
+                    for (i, o) in out_row[r0..r1].iter_mut().enumerate() {
+                        *o = column[i * cols];
+                    }
                 }
             }
-        }
-    }
+        });
     out
 }
 
