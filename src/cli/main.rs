@@ -38,11 +38,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// mimalloc's defaults still hand freed memory back to the OS a second after it is freed (a
-/// purge), and each step frees and takes back hundreds of megabytes: the kernel zeroed the pages
-/// again on every fault (~10 % of a LoRA step on SmolLM2-135M). A training process reuses what it freed
-/// within the next operations, so it never purges. Measured with bench/vs_trl.py's workloads:
-/// W2 step −13 %, W1 −3 %; peak RSS +4 % (W2), freed blocks of one size are kept for that size.
+/// mimalloc's defaults hand freed memory back to the OS a second after it is freed (a purge),
+/// while each step frees and takes back hundreds of megabytes: the kernel zeroed those pages
+/// again on every reuse (~10 % of a LoRA step on SmolLM2-135M). A training run reuses what it
+/// frees within the next operations, so it never purges. Measured with bench/vs_trl.py: W2 step
+/// −13 %, W1 −3 %; W2's peak RSS +3 % (memory freed in one size class stays with that class).
 #[cfg(not(target_arch = "wasm32"))]
 fn tune_allocator() {
     // SAFETY: an option setter, valid at any time.

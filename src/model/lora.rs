@@ -23,7 +23,7 @@ use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
 use super::config::Family;
-use super::{CausalLm, NamedParam, ParamRole, ParamTensor};
+use super::{CausalLm, NamedParam, ParamRole, ParamTensor, matrix_product};
 use crate::error::{Error, Result};
 
 /// Adapter shape and placement, as PEFT's `LoraConfig` names them.
@@ -221,16 +221,6 @@ pub struct LowRank {
     pub scale: f64,
 }
 
-/// `x · w`: one gemm call each way on the CPU backend (`cpu_kernels/linear.rs`), burn's matmul
-/// elsewhere.
-pub(super) fn product(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    #[cfg(not(target_arch = "wasm32"))]
-    if super::cpu_kernels::supported_on(&x.device()) {
-        return super::cpu_kernels::linear::linear_product(x, w);
-    }
-    x.matmul(w)
-}
-
 impl Projection {
     pub fn new(linear: Linear) -> Self {
         Self { linear, lora: None }
@@ -243,14 +233,16 @@ impl Projection {
         let mut dims = x.dims();
         let d_in = dims[D - 1];
         let x: Tensor<2> = x.reshape([dims.iter().product::<usize>() / d_in, d_in]);
-        let y = product(x.clone(), self.linear.weight.val());
+        let y = matrix_product(x.clone(), self.linear.weight.val());
         let y = match &self.linear.bias {
             Some(bias) => y + bias.val().unsqueeze(),
             None => y,
         };
         let y = match &self.lora {
             None => y,
-            Some(l) => y + product(product(x, l.a.val()), l.b.val()).mul_scalar(l.scale),
+            Some(l) => {
+                y + matrix_product(matrix_product(x, l.a.val()), l.b.val()).mul_scalar(l.scale)
+            }
         };
         dims[D - 1] = y.dims()[1];
         y.reshape(dims)

@@ -47,6 +47,16 @@ impl Kernels {
     }
 }
 
+/// `x · w` for matrices (the projections, the LM head): one gemm call each way on the CPU backend
+/// (`cpu_kernels/linear.rs`), burn's matmul elsewhere.
+pub fn matrix_product(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if cpu_kernels::supported_on(&x.device()) {
+        return cpu_kernels::linear::linear_product(x, w);
+    }
+    x.matmul(w)
+}
+
 /// A causal language model of any supported family (Qwen2 is the Llama type with q/k/v biases).
 #[derive(Module, Debug)]
 pub enum CausalLm {

@@ -246,7 +246,7 @@ pub fn score_completions_with(
     while start < n {
         let len = chunk.min(n - start);
         let chunk_labels = labels.clone().narrow(0, start, len);
-        let logits = super::lora::product(selected.clone().narrow(0, start, len), head.clone());
+        let logits = super::matrix_product(selected.clone().narrow(0, start, len), head.clone());
         let stats = label_stats(
             logits,
             chunk_labels,

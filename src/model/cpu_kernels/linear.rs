@@ -1,11 +1,11 @@
 //! A projection's product x·W (`[rows, in]` · `[in, out]`; the LM head's too) and its backward
 //! as calls to gemm that pick the operands' layout. burn-flex's matmul zero-fills each output
 //! and then copies it into place, and hands gemm whatever layout the backward's transposed
-//! operand has. Here: the output is written once; a product whose right operand is a transposed
-//! view (dX = dY·Wᵀ for a weight kept `[in, out]`) is computed column by column, where gemm packs
-//! that operand with vector loads instead of one float at a time (measured at 115 rows × 576 →
-//! 576: 130 → 230 GFLOP/s), and transposed back. Measured with bench/vs_trl.py: W2 step −12 %,
-//! W1 −15 % (its head is a third of its multiply-adds).
+//! operand has. Here gemm writes into an uninitialized buffer; a product whose right operand is
+//! a transposed view (dX = dY·Wᵀ for a weight kept `[in, out]`) is computed column by column,
+//! where gemm packs that operand with vector loads instead of one float at a time (measured at
+//! 115 rows × 576 → 576: 130 → 230 GFLOP/s), and transposed back. Measured with
+//! bench/vs_trl.py: W2 step −12 %, W1 −15 % (its head is a third of its multiply-adds).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
