@@ -75,6 +75,12 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
 
 /// softmax(q·kᵀ·scale + mask)·v for `[batch, heads, queries|keys, head_dim]` inputs, with
 /// `attn_dropout` on the probabilities while training.
+///
+/// `k` and `v` may have fewer heads than `q` (grouped-query attention): query head `h` reads
+/// key/value head `h / (heads / kv_heads)`, as after transformers' `repeat_kv`, but nothing is
+/// repeated. Each key head's group of query heads is stacked along the queries, so one product
+/// per key head serves the whole group, and the backward pass sums the group's gradients inside
+/// that product instead of keeping (and reducing) repeated copies.
 pub fn scaled_dot_product(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -83,16 +89,29 @@ pub fn scaled_dot_product(
     scale: f64,
     attn_dropout: f64,
 ) -> Tensor<4> {
-    let [batch, heads, queries, _] = q.dims();
-    let keys = k.dims()[2];
+    let [batch, heads, queries, head_dim] = q.dims();
+    let [_, kv_heads, keys, _] = k.dims();
+    assert_eq!(
+        heads % kv_heads,
+        0,
+        "query heads are a multiple of key/value heads"
+    );
+    let group = heads / kv_heads;
+    let q = q.reshape([batch, kv_heads, group * queries, head_dim]);
     let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
     if let Some(mask) = mask {
-        scores = scores.mask_fill(
-            mask.clone().expand([batch, heads, queries, keys]),
-            MASKED_SCORE,
-        );
+        let shape = [batch, kv_heads, group, queries, keys];
+        scores = scores
+            .reshape(shape)
+            .mask_fill(
+                mask.clone().unsqueeze_dim::<5>(1).expand(shape),
+                MASKED_SCORE,
+            )
+            .reshape([batch, kv_heads, group * queries, keys]);
     }
-    dropout(softmax(scores, 3), attn_dropout).matmul(v)
+    dropout(softmax(scores, 3), attn_dropout)
+        .matmul(v)
+        .reshape([batch, heads, queries, head_dim])
 }
 
 /// `[batch, seq, heads*head_dim]` -> `[batch, heads, seq, head_dim]`

@@ -170,8 +170,6 @@ impl Llama {
             let q = apply_rotary(q, &cos, &sin);
             let k = apply_rotary(k, &cos, &sin);
             let (k, v) = cache.extend(index, k, v);
-            let k = repeat_kv(k, heads / kv_heads);
-            let v = repeat_kv(v, heads / kv_heads);
             let attn_p = if self.dropout {
                 self.config.attention_dropout
             } else {
@@ -325,18 +323,6 @@ fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let x2 = x.clone().narrow(3, half, half);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
     x * cos.clone() + rotated * sin.clone()
-}
-
-/// `[batch, kv_heads, seq, d]` -> `[batch, kv_heads*n_rep, seq, d]`, each kv head repeated for the
-/// query heads that share it (kv head i serves query heads i*n_rep..(i+1)*n_rep).
-fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [batch, kv_heads, seq, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([batch, kv_heads, n_rep, seq, d])
-        .reshape([batch, kv_heads * n_rep, seq, d])
 }
 
 /// silu(`gate`) · `up`: one kernel on the CPU backend, burn's operations elsewhere.

@@ -228,7 +228,9 @@ pub fn estimate(
         (Kernels::Cpu, Architecture::Llama(_) | Architecture::Qwen2(_)) => 4,
         (Kernels::Cpu, Architecture::Gpt2(_)) => 3,
     };
-    let per_token_block = 9 * s.hidden + 3 * s.kv_width + intermediate_copies * s.intermediate;
+    // Keys and values are kept at their own width: grouped-query attention reads them without
+    // repeating them for each query head (`model/attention.rs`).
+    let per_token_block = 7 * s.hidden + 5 * s.kv_width + intermediate_copies * s.intermediate;
     let attention = 3 * s.heads * seq * seq;
     // Scored positions' logits and what the backward keeps of them: their gradient, and with
     // burn's operations the log-softmax's saved input.
