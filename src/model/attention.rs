@@ -91,13 +91,19 @@ pub fn scaled_dot_product(
 ) -> Tensor<4> {
     let [batch, heads, queries, head_dim] = q.dims();
     let [_, kv_heads, keys, _] = k.dims();
-    assert_eq!(
+    // `ModelConfig::from_json` refuses head counts that do not divide.
+    debug_assert_eq!(
         heads % kv_heads,
         0,
         "query heads are a multiple of key/value heads"
     );
     let group = heads / kv_heads;
-    let q = q.reshape([batch, kv_heads, group * queries, head_dim]);
+    // Only when grouped: burn's CPU backend copies a strided view on any reshape, even to its
+    // own shape, and split heads are one.
+    let q = match group {
+        1 => q,
+        _ => q.reshape([batch, kv_heads, group * queries, head_dim]),
+    };
     let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
     if let Some(mask) = mask {
         let shape = [batch, kv_heads, group, queries, keys];
