@@ -315,8 +315,17 @@ fn rotary_tables(
     (table(cos), table(sin))
 }
 
-/// q·cos + rotate_half(q)·sin, with rotate_half(x) = cat(-x₂, x₁).
+/// q·cos + rotate_half(q)·sin, with rotate_half(x) = cat(-x₂, x₁): one kernel on wgpu, burn's
+/// operations elsewhere.
 fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    if super::wgpu_kernels::supported_on(&x.device()) {
+        return super::wgpu_kernels::rotary::rotary(x, cos, sin);
+    }
+    rotary_composed(x, cos, sin)
+}
+
+/// [`apply_rotary`] in burn's operations.
+pub(crate) fn rotary_composed(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [_, _, _, head_dim] = x.dims();
     let half = head_dim / 2;
     let x1 = x.clone().narrow(3, 0, half);
@@ -325,11 +334,14 @@ fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     x * cos.clone() + rotated * sin.clone()
 }
 
-/// silu(`gate`) · `up`: one kernel on the CPU backend, burn's operations elsewhere.
+/// silu(`gate`) · `up`: one kernel on the CPU backend and on wgpu, burn's operations elsewhere.
 fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
     #[cfg(not(target_arch = "wasm32"))]
     if super::cpu_kernels::supported_on(&gate.device()) {
         return super::cpu_kernels::swiglu::swiglu(gate, up);
+    }
+    if super::wgpu_kernels::supported_on(&gate.device()) {
+        return super::wgpu_kernels::swiglu::swiglu(gate, up);
     }
     silu(gate) * up
 }

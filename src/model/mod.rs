@@ -15,6 +15,7 @@ pub mod packing;
 pub mod qwen2;
 pub mod scoring;
 pub mod weights;
+pub mod wgpu_kernels;
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{Bool, Device, Int, Tensor};
@@ -28,8 +29,10 @@ use packing::{Layout, Packing};
 use weights::{HostTensor, WeightSource};
 
 /// How a device computes the operations that have a fused kernel (the label's log-softmax,
-/// SwiGLU, RMSNorm, GPT-2's GELU): with `cpu_kernels` on the CPU backend, with burn's operations elsewhere. The
-/// memory estimate depends on it (the kernels keep less for the backward pass).
+/// SwiGLU, RMSNorm, GPT-2's GELU): with `cpu_kernels` on the CPU backend, with burn's operations
+/// elsewhere. The memory estimate depends on it (the kernels keep less for the backward pass).
+/// `wgpu_kernels` (SwiGLU, rotary embeddings) keep no more than the operations they
+/// replace, so wgpu's estimate stays the composed one, an upper bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
     Composed,

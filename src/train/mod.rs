@@ -3,10 +3,10 @@
 //! assembles a run from what a user asked for. The loss and the loop know nothing of files.
 
 pub mod checkpoint;
+pub mod clipping;
 pub mod collective;
 pub mod demo;
 pub mod dpo;
-#[cfg(not(target_arch = "wasm32"))]
 mod fused_adamw;
 pub mod losses;
 pub mod memory;
@@ -18,3 +18,4 @@ pub mod reference_free;
 pub mod run;
 pub mod sft;
 pub mod trainer;
+mod wgpu_kernels;

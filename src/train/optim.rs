@@ -1,10 +1,8 @@
-//! Optimizers, learning-rate schedules and gradient clipping, with Hugging Face Trainer semantics.
+//! Optimizer settings and learning-rate schedules, with Hugging Face Trainer semantics.
 
 use std::str::FromStr;
 
 use burn::module::ParamId;
-use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -192,47 +190,6 @@ impl OptimizerSettings {
         }
         Ok(())
     }
-}
-
-/// Clip gradients by their global L2 norm like `torch.nn.utils.clip_grad_norm_` (burn's own
-/// clipping is per tensor). Returns the norm before clipping, on the device. `max_norm <= 0` only
-/// measures.
-pub fn clip_grad_norm(
-    params: &[ParamInfo],
-    grads: &mut GradientsParams,
-    max_norm: f64,
-    device: &Device,
-) -> Tensor<1> {
-    let squares: Vec<Tensor<1>> = params
-        .iter()
-        .filter_map(|p| match p.rank {
-            1 => grads.get::<1>(p.id).map(|g| g.square().sum()),
-            2 => grads.get::<2>(p.id).map(|g| g.square().sum()),
-            _ => unreachable!("parameters are vectors or matrices"),
-        })
-        .collect();
-    if squares.is_empty() {
-        return Tensor::zeros([1], device);
-    }
-    let norm = Tensor::cat(squares, 0).sum().sqrt();
-    if max_norm > 0.0 {
-        let coef = (norm.clone().add_scalar(1e-6).recip() * max_norm).clamp_max(1.0);
-        for p in params {
-            match p.rank {
-                1 => {
-                    if let Some(g) = grads.remove::<1>(p.id) {
-                        grads.register(p.id, g * coef.clone());
-                    }
-                }
-                _ => {
-                    if let Some(g) = grads.remove::<2>(p.id) {
-                        grads.register(p.id, g * coef.clone().unsqueeze::<2>());
-                    }
-                }
-            }
-        }
-    }
-    norm
 }
 
 #[cfg(test)]

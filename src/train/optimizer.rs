@@ -10,6 +10,7 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::clipping::scaled;
 use super::optim::{OptimizerKind, OptimizerSettings, ParamInfo};
 use crate::error::{Error, Location, Result};
 use crate::io::safetensors::{FileBytes, SafetensorsSource, TensorWriter};
@@ -57,11 +58,20 @@ impl Optimizer {
         }
     }
 
-    /// Apply `grads` to `module`'s parameters at learning rate `lr`.
-    pub fn step<M: Module>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> M {
+    /// Apply `grads`, each multiplied by `grad_scale` (a one-element tensor: the clipping
+    /// coefficient, `clipping::clip_grad_norm`) when there is one, to `module`'s parameters at
+    /// learning rate `lr`.
+    pub fn step<M: Module>(
+        &mut self,
+        lr: f64,
+        module: M,
+        mut grads: GradientsParams,
+        grad_scale: Option<&Tensor<1>>,
+    ) -> M {
         module.map(&mut StepMapper {
             optimizer: self,
             grads: &mut grads,
+            grad_scale,
             lr,
         })
     }
@@ -72,6 +82,7 @@ impl Optimizer {
         id: ParamId,
         tensor: Tensor<D>,
         grad: Tensor<D>,
+        grad_scale: Option<&Tensor<1>>,
         lr: f64,
     ) -> Tensor<D> {
         let shape = tensor.shape();
@@ -107,14 +118,8 @@ impl Optimizer {
                     lr: lr as f32,
                     decay: (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32),
                 };
-                // One pass on the CPU backend, tensor operations elsewhere (the same bits).
-                #[cfg(not(target_arch = "wasm32"))]
-                let fused = super::fused_adamw::adamw_step((tensor, grad, moments), &scalars);
-                #[cfg(target_arch = "wasm32")]
-                let fused = Err((tensor, grad, moments));
-                let (updated, m1, m2) = fused.unwrap_or_else(|(tensor, grad, moments)| {
-                    adamw_composed(tensor, grad, moments, &scalars)
-                });
+                let (updated, m1, m2) =
+                    super::fused_adamw::adamw_update((tensor, grad, moments), grad_scale, &scalars);
                 let state = ParamState {
                     time,
                     first: Some(m1),
@@ -123,6 +128,10 @@ impl Optimizer {
                 (updated, state)
             }
             OptimizerKind::Sgd => {
+                let grad = match grad_scale {
+                    Some(scale) => scaled(grad, scale),
+                    None => grad,
+                };
                 // torch's SGD weight decay adds wd·θ to the gradient.
                 let mut grad = if weight_decay > 0.0 {
                     tensor.clone().mul_scalar(weight_decay).add(grad)
@@ -242,9 +251,25 @@ pub struct AdamWScalars {
     pub decay: Option<f32>,
 }
 
+#[cfg(test)]
+impl AdamWScalars {
+    /// The tests' update at step `time` (torch's defaults, lr 5e-4), with `decay` or without.
+    pub fn at_step(time: i32, decay: Option<f32>) -> Self {
+        Self {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-8,
+            correction_1: 1.0 - 0.9f32.powi(time),
+            correction_2: 1.0 - 0.999f32.powi(time),
+            lr: 5e-4,
+            decay,
+        }
+    }
+}
+
 /// burn 0.22's `AdamW::step` in tensor operations: the updated parameter and its moments
-/// (`moments` is `None` before the first step). `fused_adamw.rs` is the same arithmetic in one
-/// pass on the CPU backend.
+/// (`moments` is `None` before the first step). `fused_adamw/` is the same arithmetic in one
+/// pass (on the CPU backend and on wgpu).
 pub(super) fn adamw_composed<const D: usize>(
     tensor: Tensor<D>,
     grad: Tensor<D>,
@@ -286,6 +311,7 @@ pub(super) fn adamw_composed<const D: usize>(
 struct StepMapper<'a> {
     optimizer: &'a mut Optimizer,
     grads: &'a mut GradientsParams,
+    grad_scale: Option<&'a Tensor<1>>,
     lr: f64,
 }
 
@@ -296,7 +322,9 @@ impl ModuleMapper for StepMapper<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let require_grad = tensor.is_require_grad();
-        let updated = self.optimizer.update(id, tensor.inner(), grad, self.lr);
+        let updated = self
+            .optimizer
+            .update(id, tensor.inner(), grad, self.grad_scale, self.lr);
         let mut tensor = Tensor::from_inner(updated);
         if require_grad {
             tensor = tensor.require_grad();

@@ -15,11 +15,12 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
+use super::clipping::clip_grad_norm;
 use super::collective::{Collective, check_agreement, shard};
 use super::dpo::{DpoMetrics, WholeBatch, dpo_loss};
 use super::losses::{LossTerm, PreferenceLoss};
 use super::metrics::{Metrics, MetricsAccumulator, StepReport};
-use super::optim::{ParamInfo, clip_grad_norm, param_infos};
+use super::optim::{ParamInfo, param_infos};
 use super::optimizer::Optimizer;
 use super::options::TrainOptions;
 use super::reference_free::{ReferenceFreeMetrics, prepare, reference_free_loss};
@@ -892,18 +893,18 @@ impl Trainer {
         // over the ranks first (one exchange), and the norm of the summed gradient after.
         let read = match self.group {
             None => {
-                let grad_norm = clip_grad_norm(
+                let clip = clip_grad_norm(
                     &self.params,
-                    &mut grads,
+                    &grads,
                     self.options.max_grad_norm,
                     &self.device,
                 );
-                readback.push(grad_norm);
+                readback.push(clip.norm);
                 self.read_back_and_remember(readback, fresh)
                     .await
                     .map(|mut data| {
                         let norm = data.pop().expect("the norm was read");
-                        (data, norm)
+                        (data, norm, clip.scale)
                     })
             }
             Some(_) => {
@@ -918,21 +919,21 @@ impl Trainer {
                     .await
                 {
                     Ok(data) => {
-                        let grad_norm = clip_grad_norm(
+                        let clip = clip_grad_norm(
                             &self.params,
-                            &mut grads,
+                            &grads,
                             self.options.max_grad_norm,
                             &self.device,
                         );
-                        read_back(vec![grad_norm])
+                        read_back(vec![clip.norm])
                             .await
-                            .map(|mut norm| (data, norm.remove(0)))
+                            .map(|mut norm| (data, norm.remove(0), clip.scale))
                     }
                     Err(e) => Err(e),
                 }
             }
         };
-        let (data, grad_norm) = match read {
+        let (data, grad_norm, grad_scale) = match read {
             Ok(read) => read,
             Err(e) => {
                 self.policy = Some(policy);
@@ -955,7 +956,7 @@ impl Trainer {
         let grad_norm = grad_norm[0] as f64;
         let finite = metrics.loss().is_finite() && grad_norm.is_finite();
         self.policy = Some(if finite {
-            self.optimizer.step(lr, policy, grads)
+            self.optimizer.step(lr, policy, grads, grad_scale.as_ref())
         } else {
             policy
         });

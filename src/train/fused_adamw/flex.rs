@@ -1,19 +1,16 @@
-//! AdamW's update as one parallel pass over a parameter on the CPU backend (burn-flex). Composed of
-//! tensor operations (`optimizer.rs`), one update is ~15 single-threaded passes over the
-//! parameter, its gradient and both moments — a fifth of a full fine-tune's step for a 16 M
-//! parameter model. Here each element is read and written once, on every core, with the same
-//! `f32` operations in the same order, so the result is bit-identical to the composed update.
+//! AdamW's update as one parallel pass over a parameter on the CPU backend (burn-flex). Composed,
+//! the ~15 single-threaded passes were a fifth of a full fine-tune's step for a 16 M parameter
+//! model. Here each element is read and written once, on every core, with the same `f32`
+//! operations in the same order, so the result is bit-identical to the composed update.
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::optimizer::AdamWScalars;
+use super::AdamWInputs;
 use crate::model::cpu_kernels::supported_on;
-
-/// A parameter, its gradient and its moments (`None` before the first step).
-pub type AdamWInputs<const D: usize> = (Tensor<D>, Tensor<D>, Option<(Tensor<1>, Tensor<1>)>);
+use crate::train::optimizer::AdamWScalars;
 
 /// The updated parameter and moments, or the inputs back when this path does not apply (another
 /// backend, not f32, or a parameter or gradient that is a strided view, e.g. a transposed
@@ -104,8 +101,8 @@ fn update(p: &mut [f32], m1: &mut [f32], m2: &mut [f32], g: &[f32], s: &AdamWSca
 mod tests {
     use burn::tensor::{Device, Distribution, Tensor};
 
-    use super::super::optimizer::{AdamWScalars, adamw_composed};
     use super::adamw_step;
+    use crate::train::optimizer::{AdamWScalars, adamw_composed};
 
     /// Three steps (the first without moments), with and without decay: the same bits as the
     /// composed tensor operations.
@@ -120,15 +117,7 @@ mod tests {
             let (mut fused_moments, mut composed_moments) = (None, None);
             for time in 1..=3 {
                 let grad = random().mul_scalar(1e-3);
-                let s = AdamWScalars {
-                    beta_1: 0.9,
-                    beta_2: 0.999,
-                    epsilon: 1e-8,
-                    correction_1: 1.0 - 0.9f32.powi(time),
-                    correction_2: 1.0 - 0.999f32.powi(time),
-                    lr: 5e-4,
-                    decay,
-                };
+                let s = AdamWScalars::at_step(time, decay);
                 let (p, m1, m2) =
                     adamw_composed(composed, grad.clone(), composed_moments.take(), &s);
                 composed = p;
@@ -160,15 +149,7 @@ mod tests {
         let device = Device::flex();
         let param = Tensor::<2>::ones([8, 4], &device).transpose();
         let grad = Tensor::<2>::ones([4, 8], &device);
-        let s = AdamWScalars {
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-8,
-            correction_1: 0.1,
-            correction_2: 0.001,
-            lr: 1e-3,
-            decay: None,
-        };
+        let s = AdamWScalars::at_step(1, None);
         assert!(adamw_step((param, grad, None), &s).is_err());
     }
 }
