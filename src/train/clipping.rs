@@ -47,7 +47,11 @@ pub fn clip_grad_norm(
     GradClip { norm, scale }
 }
 
-/// `grad` times a one-element `scale`, as torch's clipping multiplies each gradient in place.
-pub fn scaled<const D: usize>(grad: Tensor<D>, scale: &Tensor<1>) -> Tensor<D> {
-    grad * scale.clone().unsqueeze::<D>()
+/// `grad` times a one-element `scale` when there is one, as torch's clipping multiplies each
+/// gradient in place.
+pub fn scaled<const D: usize>(grad: Tensor<D>, scale: Option<&Tensor<1>>) -> Tensor<D> {
+    match scale {
+        Some(scale) => grad * scale.clone().unsqueeze::<D>(),
+        None => grad,
+    }
 }

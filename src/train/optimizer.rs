@@ -128,10 +128,7 @@ impl Optimizer {
                 (updated, state)
             }
             OptimizerKind::Sgd => {
-                let grad = match grad_scale {
-                    Some(scale) => scaled(grad, scale),
-                    None => grad,
-                };
+                let grad = scaled(grad, grad_scale);
                 // torch's SGD weight decay adds wd·θ to the gradient.
                 let mut grad = if weight_decay > 0.0 {
                     tensor.clone().mul_scalar(weight_decay).add(grad)

@@ -35,7 +35,7 @@ pub fn supported_on(device: &Device) -> bool {
 }
 
 /// A new row-major `f32` tensor of `shape` on `like`'s device (its contents undefined).
-fn empty_like(like: &CubeTensor, shape: Shape) -> CubeTensor {
+pub(crate) fn empty_like(like: &CubeTensor, shape: Shape) -> CubeTensor {
     let handle = like.client.empty(shape.num_elements() * size_of::<f32>());
     CubeTensor::new_contiguous(
         like.client.clone(),
@@ -48,10 +48,10 @@ fn empty_like(like: &CubeTensor, shape: Shape) -> CubeTensor {
 
 /// How an element-wise kernel over `tensors` (of `elements` each) is launched: four elements
 /// a thread when every tensor is row-major and the count allows, one otherwise.
-struct Elementwise {
-    cube_dim: CubeDim,
-    cube_count: CubeCount,
-    vector_size: usize,
+pub(crate) struct Elementwise {
+    pub cube_dim: CubeDim,
+    pub cube_count: CubeCount,
+    pub vector_size: usize,
 }
 
 impl Elementwise {
@@ -65,7 +65,8 @@ impl Elementwise {
         Self::with_vector_size(&tensors[0].client, elements, vector_size)
     }
 
-    fn with_vector_size(client: &Client, elements: usize, vector_size: usize) -> Self {
+    /// `elements / vector_size` threads, `vector_size` elements each.
+    pub(crate) fn with_vector_size(client: &Client, elements: usize, vector_size: usize) -> Self {
         let units = elements / vector_size;
         let cube_dim = CubeDim::new(client, units);
         let cube_count = cubecl::calculate_cube_count_elemwise(client, units, cube_dim);
@@ -90,7 +91,7 @@ fn check_f32(tensors: &[&CubeTensor], op: &str) {
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
-pub(super) mod tests {
+pub(crate) mod tests {
     use burn::tensor::{Device, Tensor};
 
     use crate::backend::{BackendChoice, select};

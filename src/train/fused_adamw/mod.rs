@@ -31,10 +31,7 @@ pub fn adamw_update<const D: usize>(
         Err(inputs) => inputs,
     };
     // The scale stays on the device: a tensor operation keeps the step free of reads.
-    let grad = match grad_scale {
-        Some(scale) => scaled(grad, scale),
-        None => grad,
-    };
+    let grad = scaled(grad, grad_scale);
     #[cfg(not(target_arch = "wasm32"))]
     let (param, grad, moments) = match flex::adamw_step((param, grad, moments), s) {
         Ok(updated) => return updated,

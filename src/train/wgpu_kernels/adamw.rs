@@ -8,9 +8,10 @@ use burn::backend::Wgpu;
 use burn::backend::wgpu::CubeTensor;
 use burn::cubecl;
 use burn::cubecl::prelude::*;
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::{Shape, Tensor};
 
 use super::dense_f32;
+use crate::model::wgpu_kernels::{Elementwise, empty_like};
 use crate::train::fused_adamw::AdamWInputs;
 use crate::train::optimizer::AdamWScalars;
 
@@ -129,17 +130,14 @@ impl Kernel {
     ) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
         let numel = shape.num_elements();
         let client = self.param.client.clone();
-        let device = self.param.device.clone();
+        // Buffers, not strided views: four at a time whenever the length allows.
         let vector_size = if numel.is_multiple_of(4) { 4 } else { 1 };
+        let launch = Elementwise::with_vector_size(&client, numel, vector_size);
         let vectors = numel / vector_size;
-        let empty = |shape: Shape| {
-            let handle = client.empty(numel * size_of::<f32>());
-            CubeTensor::new_contiguous(client.clone(), device.clone(), shape, handle, DType::F32)
-        };
         let (param_out, moment_1_out, moment_2_out) = (
-            empty(shape.clone()),
-            empty([numel].into()),
-            empty([numel].into()),
+            empty_like(&self.param, shape.clone()),
+            empty_like(&self.param, [numel].into()),
+            empty_like(&self.param, [numel].into()),
         );
         let first = self.moments.is_none();
         let (moment_1, moment_2) = self
@@ -147,8 +145,6 @@ impl Kernel {
             .unwrap_or_else(|| (self.grad.clone(), self.grad.clone()));
         let scaled = self.grad_scale.is_some();
         let grad_scale = self.grad_scale.unwrap_or_else(|| self.grad.clone());
-        let cube_dim = CubeDim::new(&client, vectors);
-        let cube_count = cubecl::calculate_cube_count_elemwise(&client, vectors, cube_dim);
         let scalars = AdamWScalarArgsLaunch::new(
             s.beta_1,
             s.beta_2,
@@ -165,8 +161,8 @@ impl Kernel {
         unsafe {
             adamw_kernel::launch_unchecked(
                 &client,
-                cube_count,
-                cube_dim,
+                launch.cube_count,
+                launch.cube_dim,
                 vector_size,
                 self.param.into_buffer_arg(),
                 self.grad.into_buffer_arg(),
@@ -196,7 +192,7 @@ mod tests {
     use burn::tensor::{Distribution, Tensor};
 
     use super::adamw_step;
-    use crate::backend::{BackendChoice, select};
+    use crate::model::wgpu_kernels::tests::wgpu_or_skip;
     use crate::train::clipping::scaled;
     use crate::train::optimizer::{AdamWScalars, adamw_composed};
 
@@ -205,13 +201,8 @@ mod tests {
     /// parameter and moments against the composed tensor operations on the same device.
     #[test]
     fn one_kernel_update_matches_the_composed_one() {
-        let device = match select(BackendChoice::Wgpu) {
-            Ok(selected) => selected.device,
-            Err(e) if std::env::var("DPO_REQUIRE_WGPU").is_ok_and(|v| v == "1") => {
-                panic!("DPO_REQUIRE_WGPU=1 but {e}")
-            }
-            // No adapter here: skipped (CI sets DPO_REQUIRE_WGPU=1).
-            Err(_) => return,
+        let Some(device) = wgpu_or_skip() else {
+            return;
         };
         for shape in [[300, 516], [7, 13]] {
             let random = || Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
@@ -223,10 +214,7 @@ mod tests {
                 for time in 1..=3 {
                     let grad = random().mul_scalar(1e-3);
                     let s = AdamWScalars::at_step(time, decay);
-                    let composed_grad = match &scale {
-                        Some(scale) => scaled(grad.clone(), scale),
-                        None => grad.clone(),
-                    };
+                    let composed_grad = scaled(grad.clone(), scale.as_ref());
                     let (p, m1, m2) =
                         adamw_composed(composed, composed_grad, composed_moments.take(), &s);
                     composed = p;
@@ -266,10 +254,9 @@ mod tests {
 
     #[test]
     fn a_transposed_parameter_is_given_back() {
-        let Ok(selected) = select(BackendChoice::Wgpu) else {
+        let Some(device) = wgpu_or_skip() else {
             return;
         };
-        let device = selected.device;
         let param = Tensor::<2>::ones([8, 4], &device).transpose();
         let grad = Tensor::<2>::ones([4, 8], &device);
         let s = AdamWScalars::at_step(1, None);

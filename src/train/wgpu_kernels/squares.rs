@@ -7,9 +7,10 @@ use burn::backend::Wgpu;
 use burn::backend::wgpu::CubeTensor;
 use burn::cubecl;
 use burn::cubecl::prelude::*;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
 use super::dense_f32;
+use crate::model::wgpu_kernels::{Elementwise, empty_like};
 
 /// Threads a tensor of `len` elements gets: ~64 elements each, at most 64 Ki threads.
 fn threads_for(len: usize) -> usize {
@@ -21,24 +22,21 @@ fn threads_for(len: usize) -> usize {
 pub fn partial_squares(tensors: &[Tensor<2>]) -> Option<Tensor<1>> {
     let cubes: Vec<CubeTensor> = tensors.iter().map(dense_f32).collect::<Option<_>>()?;
     let first = cubes.first()?;
-    let (client, device) = (first.client.clone(), first.device.clone());
+    let client = first.client.clone();
     let lens: Vec<usize> = tensors.iter().map(|t| t.shape().num_elements()).collect();
     let total: usize = lens.iter().map(|&len| threads_for(len)).sum();
-    let handle = client.empty(total * size_of::<f32>());
-    let partials =
-        CubeTensor::new_contiguous(client.clone(), device, [total].into(), handle, DType::F32);
+    let partials = empty_like(first, [total].into());
     let mut offset = 0;
     for (cube, len) in cubes.into_iter().zip(lens) {
         let threads = threads_for(len);
-        let cube_dim = CubeDim::new(&client, threads);
-        let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
+        let launch = Elementwise::with_vector_size(&client, threads, 1);
         // SAFETY: `cube` holds `len` f32 (dense, checked above) and the kernel reads below
         // `len`; it writes `partials` at `offset..offset + threads`, inside its `total`.
         unsafe {
             partial_squares_kernel::launch_unchecked(
                 &client,
-                cube_count,
-                cube_dim,
+                launch.cube_count,
+                launch.cube_dim,
                 cube.into_buffer_arg(),
                 partials.clone().into_buffer_arg(),
                 len,
@@ -78,19 +76,14 @@ mod tests {
     use burn::tensor::{Distribution, Tensor};
 
     use super::partial_squares;
-    use crate::backend::{BackendChoice, select};
+    use crate::model::wgpu_kernels::tests::wgpu_or_skip;
 
     /// Lengths around a thread's share (64) and past the thread cap (64 Ki threads): the sum of
     /// the partial sums against the composed squares and sums, in f64 on the host.
     #[test]
     fn partial_sums_add_up_to_the_sum_of_squares() {
-        let device = match select(BackendChoice::Wgpu) {
-            Ok(selected) => selected.device,
-            Err(e) if std::env::var("DPO_REQUIRE_WGPU").is_ok_and(|v| v == "1") => {
-                panic!("DPO_REQUIRE_WGPU=1 but {e}")
-            }
-            // No adapter here: skipped (CI sets DPO_REQUIRE_WGPU=1).
-            Err(_) => return,
+        let Some(device) = wgpu_or_skip() else {
+            return;
         };
         let shapes = [
             [1, 1],
