@@ -5,7 +5,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 /// Fill value for masked attention scores: exp() of it underflows to exactly 0 after the softmax
 /// max-subtraction, and unlike -inf it never turns a fully masked row into NaN.
-pub(crate) const MASKED_SCORE: f64 = -1e9;
+const MASKED_SCORE: f32 = -1e9;
 
 /// Boolean mask `[batch, 1, new, past + new]`, `true` where a query must not see a key: keys in
 /// the future, and padding keys. Padding never changes a real token's value this way, whichever
@@ -81,36 +81,7 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
 /// repeated. Each key head's group of query heads is stacked along the queries, so one product
 /// per key head serves the whole group, and the backward pass sums the group's gradients inside
 /// that product instead of keeping (and reducing) repeated copies.
-///
-/// On wgpu, a masked product without dropout is one kernel forward and two backward
-/// (`wgpu_kernels/attention.rs`).
 pub fn scaled_dot_product(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    mask: Option<&Tensor<4, Bool>>,
-    scale: f64,
-    attn_dropout: f64,
-) -> Tensor<4> {
-    let dropout_applies = attn_dropout > 0.0 && q.device().is_autodiff();
-    if let Some(mask) = mask
-        && !dropout_applies
-        && super::wgpu_kernels::supported_on(&q.device())
-    {
-        return super::wgpu_kernels::attention::masked_attention(
-            q,
-            k,
-            v,
-            mask,
-            scale,
-            MASKED_SCORE,
-        );
-    }
-    scaled_dot_product_composed(q, k, v, mask, scale, attn_dropout)
-}
-
-/// [`scaled_dot_product`] in burn's operations (any backend).
-pub(crate) fn scaled_dot_product_composed(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,

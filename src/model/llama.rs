@@ -346,15 +346,11 @@ fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
     silu(gate) * up
 }
 
-/// `norm.forward(x)`: one kernel on the CPU backend, three forward and two backward on wgpu,
-/// burn's operations elsewhere.
+/// `norm.forward(x)`: one kernel on the CPU backend, burn's operations elsewhere.
 fn rms_norm(norm: &RmsNorm, x: Tensor<3>) -> Tensor<3> {
     #[cfg(not(target_arch = "wasm32"))]
     if super::cpu_kernels::supported_on(&x.device()) {
         return super::cpu_kernels::rms_norm::rms_norm(norm, x);
-    }
-    if super::wgpu_kernels::supported_on(&x.device()) {
-        return super::wgpu_kernels::rms_norm::rms_norm(norm, x);
     }
     norm.forward(x)
 }

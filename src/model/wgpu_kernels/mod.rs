@@ -1,23 +1,17 @@
 //! Kernels with their own backward for wgpu (CubeCL, natively and in the browser), through
 //! burn's backend extensions (`#[backend_extension(Cube, Autodiff)]`). burn 0.22 launches one
 //! kernel per tensor operation and its autodiff one or more per operation's backward, so a
-//! small model's step on wgpu is mostly launches (990 for the built-in demo's 2 layers before
-//! these kernels, 8355 for SmolLM2-135M with LoRA). Each kernel here replaces a chain of
-//! element-wise operations (and, for attention, two batched products) with one to three
-//! launches each way. They apply only where [`supported_on`] says so; other backends compute
-//! the same formulas with burn's operations, and the tests hold the two to each other on the
-//! wgpu device.
+//! small model's step on wgpu is mostly launches (~650 for the built-in demo's 2 layers, 6300
+//! for SmolLM2-135M with LoRA). Each kernel here replaces a chain of element-wise operations
+//! with one launch forward and one backward. They apply only where [`supported_on`] says so;
+//! other backends compute the same formulas with burn's operations, and the tests hold the two
+//! to each other on the wgpu device.
 //!
 //! To add one: as in `cpu_kernels/` (a trait, its `Wgpu` impl, its `Autodiff<Wgpu, C>` impl
 //! with a `Backward`, a tensor-API wrapper, a test against the composed operations, values
 //! and gradients), with `#[cube(launch_unchecked)]` kernels that read their inputs through
-//! [`LinearView`]s or strided kernel tensors (any strides) and write fresh row-major outputs.
-//! A forward's sums stay in burn's order, or are left to burn's reductions (`rms_norm.rs`):
-//! `tests/gguf.rs` bounds SmolLM2's logits after 30 layers, and reordered sums have moved them
-//! past it.
+//! [`LinearView`]s (any strides) and write fresh row-major outputs.
 
-pub mod attention;
-pub mod rms_norm;
 pub mod rotary;
 pub mod swiglu;
 
